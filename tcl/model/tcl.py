@@ -1,0 +1,261 @@
+"""The TCL model: frozen open_clip CLIP + trainable masker, training losses and inference.
+
+Cha et al., "Learning to Generate Text-grounded Mask for Open-world Semantic Segmentation from Only
+Image-Text Pairs", CVPR 2023. Behaviour follows TCL_SPEC §2–3; the fixes of §8 applied here are
+noted where they happen (no mandatory torch.distributed, no wasted CLIP block in training, cached
+positional embeddings, one CLIP for both towers).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..distributed import gather_cat, get_rank, get_world_size
+from .clip_towers import (
+    PositionalEmbeddingCache,
+    embed_patches,
+    project_tokens,
+    run_blocks,
+    tokens_to_map,
+)
+from .losses import (
+    ImageTextContrastiveLoss,
+    RegionTextContrastiveLoss,
+    area_prior_loss,
+    masked_average_pool,
+    total_variation,
+)
+from .masker import Masker, l2_normalize
+from .pamr import pamr
+from .templates import get_templates
+
+__all__ = ["TCLConfig", "TCL", "IMAGENET_MEAN", "IMAGENET_STD"]
+
+# TCL normalises CLIP inputs with ImageNet statistics, not CLIP's (TCL_SPEC §2.1, §8.9); the
+# released weights were trained this way.
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class TCLConfig:
+    """Model hyper-parameters (defaults: the released ViT-B/16 model, TCL_SPEC §2–3)."""
+
+    ie_freeze: int = 11  # CLIP blocks 1..ie_freeze stay frozen and shared; the rest are copied
+    decoder_stages: int = 2  # each stage upsamples ×2: masks at stride 16 / 2**stages
+    sim2mask_init_w: float = 10.0
+    sim2mask_init_b: float = -2.5
+    gumbel_tau: float = 1.0
+    tcl_w: float = 0.1  # weight of both image- and region-level TCL losses
+    area_w: float = 0.4
+    pos_area_prior: float = 0.4
+    neg_area_prior: float = 0.0
+    tv_w: float = 1.0
+    text_chunk_size: int = 1024  # prompts encoded per text-tower call
+
+
+class TCL(nn.Module):
+    """TCL on an open_clip ViT CLIP.
+
+    ``clip`` is an open_clip ``CLIP`` (ViT image tower, standard text tower). It is frozen and kept in
+    eval mode; the trainable parameters are the masker's and the two loss temperatures.
+    Images passed to :meth:`forward` and :meth:`generate_masks` are ImageNet-normalised tensors
+    (see :meth:`normalize`).
+    """
+
+    def __init__(self, clip: nn.Module, config: TCLConfig = TCLConfig(), tokenizer=None) -> None:
+        super().__init__()
+        visual = clip.visual
+        depth = len(visual.transformer.resblocks)
+        if not 1 <= config.ie_freeze < depth:
+            raise ValueError(f"ie_freeze must be in 1..{depth - 1} for a {depth}-block CLIP, "
+                             f"got {config.ie_freeze}")
+        if getattr(visual, "attn_pool", None) is not None or visual.proj is None:
+            raise ValueError("TCL needs a ViT CLIP image tower with class-token pooling and a projection")
+        self.config = config
+        self.clip = clip.eval().requires_grad_(False)
+        self.masker = Masker(visual, config.ie_freeze, config.decoder_stages, config.sim2mask_init_w,
+                             config.sim2mask_init_b, config.gumbel_tau)
+        self.image_loss = ImageTextContrastiveLoss()
+        self.region_loss = RegionTextContrastiveLoss()
+        self.patch_size = visual.conv1.kernel_size[0]
+        self.decoder_only = False
+        self._batch_first = getattr(visual.transformer, "batch_first", True)
+        self._pos_cache = PositionalEmbeddingCache()
+        if tokenizer is None:
+            from open_clip.tokenizer import SimpleTokenizer
+            tokenizer = SimpleTokenizer(context_length=getattr(clip, "context_length", 77))
+        self.tokenizer = tokenizer
+        self.register_buffer("pixel_mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("pixel_std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+        self.set_decoder_only(False)  # the block copies inherited CLIP's requires_grad=False
+
+    # ----------------------------------------------------------------------------- modes
+    def train(self, mode: bool = True) -> TCL:
+        """Like ``nn.Module.train`` but CLIP always stays in eval mode, and so does the masker's
+        backbone during the decoder-only (UST) phase."""
+        super().train(mode)
+        self.clip.eval()
+        if self.decoder_only:
+            self.masker.blocks.eval()
+        return self
+
+    def set_decoder_only(self, decoder_only: bool) -> None:
+        """Switch the decoder-only (UST) phase (TCL_SPEC §3.2): the masker's ViT block copies are
+        frozen while it is on. CLIP is always frozen."""
+        self.decoder_only = decoder_only
+        self.clip.requires_grad_(False)
+        self.masker.requires_grad_(True)
+        self.masker.blocks.requires_grad_(not decoder_only)
+        self.train(self.training)
+
+    def trainable_parameters(self) -> dict[str, nn.Parameter]:
+        return {name: p for name, p in self.named_parameters() if p.requires_grad}
+
+    # ----------------------------------------------------------------------------- towers
+    def normalize(self, images: torch.Tensor) -> torch.Tensor:
+        """RGB images in [0, 1], [B, 3, H, W] → the ImageNet-normalised input TCL expects."""
+        return (images - self.pixel_mean) / self.pixel_std
+
+    def clip_features(self, image: torch.Tensor):
+        """Frozen CLIP tokens after block ``ie_freeze`` [B, 1+h·w, width] and the patch grid."""
+        x, grid = embed_patches(self.clip.visual, image, self._pos_cache)
+        blocks = self.clip.visual.transformer.resblocks[: self.config.ie_freeze]
+        return run_blocks(blocks, x, self_only_last=False, batch_first=self._batch_first), grid
+
+    def maskclip_dense(self, clip_tokens: torch.Tensor, grid) -> torch.Tensor:
+        """Frozen MaskCLIP dense embedding [B, D, h, w]: the remaining CLIP blocks with the last one
+        self-only, then the frozen ``ln_post``/``proj`` per token (the KP branch, §2.10)."""
+        visual = self.clip.visual
+        blocks = visual.transformer.resblocks[self.config.ie_freeze:]
+        x = run_blocks(blocks, clip_tokens, self_only_last=True, batch_first=self._batch_first)
+        return tokens_to_map(project_tokens(visual.ln_post, visual.proj, x), grid)
+
+    def encode_image(self, image: torch.Tensor) -> torch.Tensor:
+        """Standard CLIP image embedding [B, D] (CLS → ln_post → proj), any input size."""
+        visual = self.clip.visual
+        x, _ = embed_patches(visual, image, self._pos_cache)
+        x = run_blocks(visual.transformer.resblocks, x, self_only_last=False, batch_first=self._batch_first)
+        return project_tokens(visual.ln_post, visual.proj, x[:, 0])
+
+    def encode_text(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Un-normalised CLIP text embedding [N, D] (frozen text tower, EOT pooling)."""
+        return self.clip.encode_text(tokens, normalize=False)
+
+    def tokenize(self, texts) -> torch.Tensor:
+        """CLIP BPE tokens [N, context] with truncation (EOT kept as the last token)."""
+        return self.tokenizer(list(texts))
+
+    @torch.no_grad()
+    def build_text_embedding(self, class_names, template: str = "custom") -> torch.Tensor:
+        """Zero-shot class embeddings [K, D], L2-normalised.
+
+        Every (class, template) prompt is encoded; the *un-normalised* embeddings are averaged over
+        templates and the mean is normalised (TCL_SPEC §4.3, §8.10), as in the official code.
+        """
+        class_names = list(class_names)
+        if not class_names:
+            raise ValueError("build_text_embedding needs at least one class name")
+        templates = get_templates(template)
+        prompts = [t.format(name) for name in class_names for t in templates]
+        tokens = self.tokenize(prompts).to(self.pixel_mean.device)
+        chunk = self.config.text_chunk_size
+        emb = torch.cat([self.encode_text(tokens[i:i + chunk]) for i in range(0, len(tokens), chunk)])
+        emb = emb.view(len(class_names), len(templates), -1).mean(dim=1)
+        return l2_normalize(emb, dim=-1)
+
+    # ----------------------------------------------------------------------------- training
+    def forward(self, image: torch.Tensor, text_tokens: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Training losses for a batch of normalised images [B, 3, H, W] and captions [B, context].
+
+        Returns a dict: the weighted loss terms (keys containing ``loss``; their sum is the
+        objective) and detached ``mask`` / ``neg_mask`` for logging the mask areas.
+        """
+        cfg = self.config
+        with torch.no_grad():
+            # Only the blocks the masker needs: the official code also ran CLIP's last block here
+            # and discarded it (TCL_SPEC §8.11).
+            clip_tokens, grid = self.clip_features(image)
+            text_emb = self.encode_text(text_tokens)
+
+        batch = image.shape[0]
+        dense = self.masker.dense_embedding(clip_tokens, grid)  # V [B, D, H', W']
+        all_text = gather_cat(l2_normalize(text_emb))  # [N, D]
+        similarity = self.masker.similarity(dense, all_text)  # [B, N, H', W']
+        hard, soft = self.masker.sim2mask(similarity, stochastic=True)
+
+        positive = torch.arange(batch, device=image.device) + batch * get_rank()
+        rows = torch.arange(batch, device=image.device)
+        pos_hard = hard[rows, positive].unsqueeze(1)
+        soft_pos = soft[rows, positive].unsqueeze(1)
+        off_diagonal = torch.ones(soft.shape[:2], dtype=torch.bool, device=soft.device)
+        off_diagonal[rows, positive] = False
+        soft_neg = soft[off_diagonal].view(batch, soft.shape[1] - 1, *soft.shape[2:])
+
+        out = {"mask": soft_pos.detach(), "neg_mask": soft_neg.detach()}
+        if cfg.area_w:
+            out["area_loss"] = cfg.area_w * area_prior_loss(soft_pos, cfg.pos_area_prior)
+            out["neg_area_loss"] = cfg.area_w * area_prior_loss(soft_neg, cfg.neg_area_prior)
+        if cfg.tcl_w:
+            pooled = masked_average_pool(dense, soft)
+            out["tclf_loss"] = cfg.tcl_w * self.region_loss(pooled, text_emb)
+        if cfg.tv_w:
+            out["tv_img_loss"] = cfg.tv_w * total_variation(dense)
+            out["tv_mask_loss"] = cfg.tv_w * total_variation(soft)
+        if cfg.tcl_w:
+            # Gradients flow through the frozen CLIP into the straight-through hard mask.
+            pos_full = F.interpolate(pos_hard, size=image.shape[-2:], mode="nearest")
+            out["tcli_loss"] = cfg.tcl_w * self.image_loss(self.encode_image(pos_full * image), text_emb)
+        return out
+
+    @staticmethod
+    def total_loss(outputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Sum of the entries whose key contains ``loss``."""
+        return sum(value for key, value in outputs.items() if "loss" in key)
+
+    # ----------------------------------------------------------------------------- inference
+    def _padding(self, height: int, width: int) -> tuple[int, int, int, int]:
+        def split(size: int) -> tuple[int, int]:
+            total = (-size) % self.patch_size
+            return total // 2, total - total // 2
+        return (*split(width), *split(height))
+
+    @torch.no_grad()
+    def generate_masks(self, image: torch.Tensor, text_emb: torch.Tensor, apply_pamr: bool = False,
+                       kp_w: float = 0.3) -> torch.Tensor:
+        """Soft masks [B, K, H, W] in [0, 1] for normalised images [B, 3, H, W] and texts [K, D].
+
+        TCL_SPEC §2.8: zero-pad to a multiple of the patch size (split left/right, top/bottom),
+        masker soft masks at stride 4, optional PAMR at that resolution, then KP mixing with the
+        frozen MaskCLIP masks (``kp_w`` weight, after PAMR), bilinear resize, and crop.
+        """
+        height, width = image.shape[-2:]
+        pad = self._padding(height, width)
+        if any(pad):
+            image = F.pad(image, pad)
+        text_emb = text_emb.to(image.dtype)
+
+        clip_tokens, grid = self.clip_features(image)
+        masks = self.masker.soft_masks(clip_tokens, grid, text_emb)
+        if apply_pamr:
+            guide = F.interpolate(image, size=masks.shape[-2:], mode="bilinear", align_corners=True)
+            masks = pamr(guide, masks)
+        if kp_w:
+            masks = kp_w * self._keypoint_masks(clip_tokens, grid, text_emb, masks.shape[-2:]) \
+                + (1.0 - kp_w) * masks
+        masks = F.interpolate(masks, size=image.shape[-2:], mode="bilinear", align_corners=False)
+        left, _, top, _ = pad
+        return masks[:, :, top:top + height, left:left + width]
+
+    def _keypoint_masks(self, clip_tokens, grid, text_emb, size) -> torch.Tensor:
+        """KP branch: the untrained Sim2Mask (σ(10·(s − 0.25))) on frozen MaskCLIP features."""
+        similarity = Masker.similarity(self.maskclip_dense(clip_tokens, grid), text_emb)
+        kp = torch.sigmoid((similarity - 0.25) * 10.0)
+        return F.interpolate(kp, size=size, mode="bilinear", align_corners=False)
+
+    def extra_repr(self) -> str:
+        return f"ie_freeze={self.config.ie_freeze}, world_size={get_world_size()}"

@@ -1,0 +1,43 @@
+from __future__ import annotations
+
+import torch
+
+from tcl.model.clip_towers import PositionalEmbeddingCache, embed_patches, run_self_only_block
+from tests import reference_official as ref
+
+
+def test_self_only_block_equals_attention_with_diagonal_mask(tiny_tcl):
+    block = tiny_tcl.clip.visual.transformer.resblocks[-1]
+    x = torch.randn(2, 17, 64)
+    mask = ref.self_only_mask(17)
+    expected = block(x, attn_mask=mask)  # open_clip's own block with the official −inf/0 mask
+    assert torch.allclose(run_self_only_block(block, x), expected, atol=1e-5)
+    # ...and differs from normal attention, so the mask matters
+    assert not torch.allclose(block(x), expected, atol=1e-3)
+
+
+def test_positional_embedding_native_grid_is_untouched_and_others_are_cached(tiny_tcl):
+    visual = tiny_tcl.clip.visual
+    cache = PositionalEmbeddingCache()
+    pos = visual.positional_embedding
+    assert cache(pos, (4, 4), (4, 4)) is pos
+    first = cache(pos, (4, 4), (5, 7))
+    assert first.shape == (1 + 35, 64)
+    assert torch.equal(first[0], pos[0])  # the class-token entry is kept
+    assert cache(pos, (4, 4), (5, 7)) is first  # cached
+    with torch.no_grad():
+        pos.add_(1.0)  # e.g. load_state_dict: in-place update bumps the version
+    second = cache(pos, (4, 4), (5, 7))
+    assert second is not first and torch.allclose(second, first + 1.0, atol=1e-5)
+
+
+def test_embed_patches_grid_and_layout(tiny_tcl):
+    tokens, grid = embed_patches(tiny_tcl.clip.visual, torch.randn(3, 3, 48, 80), PositionalEmbeddingCache())
+    assert grid == (3, 5)
+    assert tokens.shape == (3, 1 + 15, 64)
+
+
+def test_encode_image_matches_open_clip_at_native_size(tiny_tcl):
+    image = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.allclose(tiny_tcl.encode_image(image), tiny_tcl.clip.encode_image(image), atol=1e-5)

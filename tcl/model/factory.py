@@ -2,13 +2,17 @@
 
 Weight files are read without executing pickled code: plain ``torch.save`` files through
 ``torch.load(weights_only=True)``, OpenAI's TorchScript archives through ``torch.jit.load`` (a
-TorchScript program, interpreted by the TorchScript runtime, never Python's ``pickle``).
+TorchScript program, interpreted by the TorchScript runtime, never Python's ``pickle``). Training
+checkpoints that also pickle other objects (a config object, say) are read with an unpickler that
+calls only tensor-rebuilding functions and turns every other object into an inert placeholder.
 """
 
 from __future__ import annotations
 
 import os
 import pickle
+import types
+import warnings
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -48,16 +52,56 @@ def read_weights(path: str | os.PathLike) -> dict[str, Any]:
         except RuntimeError as err:
             raise WeightsError(f"{path}: unreadable TorchScript archive ({err})") from None
     try:
-        loaded = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as err:
-        first = str(err).strip().splitlines()[0]
-        raise WeightsError(f"{path}: refused to load pickled Python objects beyond tensors ({first}); "
-                           "save a plain dict of tensors instead") from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError) as err:
+        try:
+            loaded = torch.load(path, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError:
+            loaded = _load_with_placeholders(path)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, OSError) as err:
         raise WeightsError(f"{path}: not a readable PyTorch weights file, truncated or corrupt "
-                           f"({type(err).__name__}: {err})") from None
+                           f"({type(err).__name__}: {str(err).strip().splitlines()[0]})") from None
     if not isinstance(loaded, dict):
         raise WeightsError(f"{path}: expected a dict of tensors, found {type(loaded).__name__}")
+    return loaded
+
+
+class _Placeholder:
+    """Stands in for a pickled object of a class outside the allow-list; runs none of its code."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        self.args = args
+
+    def __setstate__(self, state) -> None:
+        self.state = state
+
+    def __repr__(self) -> str:
+        return f"<skipped {type(self).__qualname__}>"
+
+
+_TENSOR_GLOBALS = {
+    ("collections", "OrderedDict"),
+    ("torch", "Size"),
+    ("torch._utils", "_rebuild_tensor"),
+    ("torch._utils", "_rebuild_tensor_v2"),
+    ("torch._utils", "_rebuild_parameter"),
+    ("torch._utils", "_rebuild_parameter_with_state"),
+} | {("torch", f"{kind}Storage") for kind in
+     ("Float", "Half", "BFloat16", "Double", "Long", "Int", "Short", "Char", "Byte", "Bool")}
+
+
+def _load_with_placeholders(path: Path) -> Any:
+    skipped: set[str] = set()
+
+    class Unpickler(pickle.Unpickler):
+        def find_class(self, module: str, name: str):
+            if (module, name) in _TENSOR_GLOBALS:
+                return super().find_class(module, name)
+            skipped.add(f"{module}.{name}")
+            return type(name, (_Placeholder,), {"__qualname__": f"{module}.{name}"})
+
+    pickle_module = types.SimpleNamespace(Unpickler=Unpickler, load=pickle.load, __name__="tcl_safe_pickle")
+    loaded = torch.load(path, map_location="cpu", weights_only=False, pickle_module=pickle_module)
+    warnings.warn(f"{path}: skipped pickled objects of {sorted(skipped)} (not executed); only tensors are used",
+                  stacklevel=3)
     return loaded
 
 

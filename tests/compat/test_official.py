@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import pickle
-
 import pytest
 import torch
 
@@ -159,19 +157,34 @@ def test_truncated_file_is_reported(official_files, tmp_path):
 
 
 class _Payload:
-    """Unpickling this would run code; weights-only loading must refuse it."""
+    """Unpickling this would run code; loading must never do so."""
 
     def __reduce__(self):
         return (print, ("pickled code executed",))
 
 
-def test_pickled_code_is_never_executed(official_files, tmp_path, capsys):
+class TrainingConfig:
+    """Stands for the config object that training checkpoints pickle beside the weights."""
+
+    def __init__(self):
+        self.lr = 1e-4
+
+
+def test_pickled_objects_are_skipped_never_executed(official_files, tmp_path, capsys):
     folder, tcl_state, _ = official_files
-    torch.save({"model": tcl_state, "extra": _Payload()}, tmp_path / "evil.pth")
-    with pytest.raises(WeightsError, match="refused to load pickled Python objects"):
-        load_official_checkpoint(tmp_path / "evil.pth", clip_weights=folder / "ViT-B-16.pt")
+    torch.save({"model": tcl_state, "config": TrainingConfig(), "hook": _Payload(), "step": 50000},
+               tmp_path / "training.pth")
+    with pytest.warns(UserWarning, match=r"skipped pickled objects of .*print', .*TrainingConfig"):
+        model = load_official_checkpoint(tmp_path / "training.pth", clip_weights=folder / "ViT-B-16.pt")
     assert "pickled code executed" not in capsys.readouterr().out
-    assert pickle  # the module under test relies on pickle.UnpicklingError
+    assert torch.equal(model.masker.sim2mask.b, tcl_state["masker.sim2mask.b"])
+
+
+def test_pickled_objects_in_place_of_weights_are_rejected(official_files, tmp_path):
+    folder, _, _ = official_files
+    torch.save({"model": TrainingConfig()}, tmp_path / "odd.pth")
+    with pytest.warns(UserWarning), pytest.raises(WeightsError, match="expected a dict of tensors under 'model'"):
+        load_official_checkpoint(tmp_path / "odd.pth", clip_weights=folder / "ViT-B-16.pt")
 
 
 def test_clip_weights_are_required_without_clip_keys(official_files):

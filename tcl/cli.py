@@ -73,18 +73,25 @@ def _write_outputs(image, result, stem: str, out: Path) -> None:
     write_json_atomic({"classes": result.names, "fractions": result.fractions()}, out / f"{stem}_fractions.json")
 
 
-def _segment_all(model, images, names, args) -> None:
+def _load_images(paths: list[Path]) -> list[tuple[str, object]]:
     from PIL import Image, UnidentifiedImageError
 
+    images = []
+    for path in paths:
+        if not path.is_file():
+            raise ValueError(f"image not found: {path}")
+        try:
+            with Image.open(path) as image:
+                images.append((path.stem, image.convert("RGB")))
+        except (UnidentifiedImageError, OSError) as err:
+            raise ValueError(f"cannot read image {path}: {err}") from None
+    return images
+
+
+def _segment_all(model, images: list[tuple[str, object]], names: list[str], args) -> None:
     from .segment import segment_image
 
-    for index, path in enumerate(images, 1):
-        try:
-            image = Image.open(path) if isinstance(path, Path) else path
-            image.load()
-        except (FileNotFoundError, UnidentifiedImageError, OSError) as err:
-            raise ValueError(f"cannot read image {path}: {err}") from None
-        stem = path.stem if isinstance(path, Path) else "demo"
+    for index, (stem, image) in enumerate(images, 1):
         start = time.perf_counter()
         result = segment_image(model, image, names, short_side=args.short_side, apply_pamr=args.pamr,
                                kp_w=args.kp_w, bg_thresh=args.bg_thresh, template=args.template)
@@ -96,12 +103,10 @@ def _segment_all(model, images, names, args) -> None:
 def _run_segment(args) -> None:
     from .compat import load_official_checkpoint
 
-    for path in args.images:
-        if not path.is_file():
-            raise ValueError(f"image not found: {path}")
+    images = _load_images(args.images)
     print(f"loading {args.checkpoint} ...", flush=True)
     model = load_official_checkpoint(args.checkpoint, clip_weights=args.clip_weights)
-    _segment_all(model, args.images, args.classes, args)
+    _segment_all(model, images, args.classes, args)
 
 
 def _run_demo(args) -> None:
@@ -120,7 +125,7 @@ def _run_demo(args) -> None:
     draw = ImageDraw.Draw(canvas)
     draw.ellipse([30, 40, 140, 150], fill=(220, 40, 40))
     draw.rectangle([180, 60, 290, 200], fill=(40, 90, 220))
-    _segment_all(model, [canvas], ["red circle", "blue square"], args)
+    _segment_all(model, [("demo", canvas)], ["red circle", "blue square"], args)
     print("demo done (random weights: the masks are not meaningful; see README for real models)")
 
 

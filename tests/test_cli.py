@@ -2,6 +2,9 @@ from __future__ import annotations
 
 import json
 
+import pytest
+from PIL import Image
+
 from tcl.cli import main
 
 
@@ -20,4 +23,16 @@ def test_bad_input_gives_one_line_errors(tmp_path, capsys):
     assert main(["segment", str(tmp_path / "not_an_image.png"), "--classes", "cat",
                  "--checkpoint", str(tmp_path / "absent.pth")]) == 2
     err = capsys.readouterr().err.strip()
-    assert err.startswith("tcl: error: weights file not found") and "\n" not in err
+    assert err.startswith(f"tcl: error: cannot read image {tmp_path / 'not_an_image.png'}") and "\n" not in err
+    Image.new("RGB", (8, 8)).save(tmp_path / "ok.png")
+    assert main(["segment", str(tmp_path / "ok.png"), "--classes", "cat",
+                 "--checkpoint", str(tmp_path / "absent.pth")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"tcl: error: weights file not found: {tmp_path / 'absent.pth'}"
+
+
+def test_empty_class_list_is_a_usage_error(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["segment", "x.png", "--classes", " , ", "--checkpoint", "x.pth"])
+    assert exit_info.value.code == 2
+    assert "no class names given" in capsys.readouterr().err

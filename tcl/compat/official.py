@@ -8,6 +8,7 @@ loss temperatures, so the CLIP weights come from a separate OpenAI ViT-B/16 file
 
 from __future__ import annotations
 
+import math
 import os
 import re
 
@@ -104,7 +105,8 @@ def _clip_from_checkpoint(state: dict[str, torch.Tensor]):
         ours = official_to_tcl_key(key, 0) if key.startswith("clip_") else None
         if ours is not None:
             openai[ours[len("clip."):]] = value
-    openai.setdefault("logit_scale", torch.tensor(4.6052))
+    # The official text wrapper drops CLIP's logit_scale; open_clip's builder wants one (TCL ignores it).
+    openai.setdefault("logit_scale", torch.tensor(math.log(1 / 0.07)))
     clip = clip_from_openai_state_dict(dict(openai))
     clip.load_state_dict(openai, strict=False)  # exact fp32 values, as the official loader keeps them
     return clip

@@ -184,8 +184,8 @@ class TCL(nn.Module):
 
         batch = image.shape[0]
         dense = self.masker.dense_embedding(clip_tokens, grid)  # V [B, D, H', W']
-        all_text = gather_cat(l2_normalize(text_emb))  # [N, D]
-        similarity = self.masker.similarity(dense, all_text)  # [B, N, H', W']
+        all_text = gather_cat(text_emb)  # [N, D]; constant, the text tower is frozen
+        similarity = self.masker.similarity(dense, all_text)  # [B, N, H', W'], normalises both
         hard, soft = self.masker.sim2mask(similarity, stochastic=True)
 
         positive = torch.arange(batch, device=image.device) + batch * get_rank()

@@ -52,9 +52,13 @@ def build_parser() -> argparse.ArgumentParser:
     _add_inference_options(segment)
 
     demo = commands.add_parser("demo", help="offline smoke run on a tiny random model",
-                               description="Runs `tcl segment`'s code path on a tiny randomly "
-                                           "initialised TCL and a generated image, offline. The "
-                                           "masks are meaningless: this checks the installation.")
+                               description="Runs `tcl segment`'s code path on the model that "
+                                           "params.yaml describes (by default a tiny, randomly "
+                                           "initialised CLIP) and a generated image, offline. With "
+                                           "random weights the masks are meaningless: this checks "
+                                           "the installation.")
+    demo.add_argument("--params", type=Path, default=Path("params.yaml"),
+                      help="parameter file whose clip/model sections define the model (params.yaml)")
     _add_inference_options(demo)
     demo.set_defaults(out=Path("outputs/demo"))
     return parser
@@ -114,19 +118,23 @@ def _run_demo(args) -> None:
     import torch
     from PIL import Image, ImageDraw
 
-    from .model import TCLConfig, create_tcl
+    from .config import load_params
+    from .model import create_clip, create_tcl
 
+    params = load_params(args.params)
     torch.manual_seed(0)
-    tiny = dict(embed_dim=64, vision_cfg=dict(image_size=224, patch_size=16, width=128, head_width=32, layers=4),
-                text_cfg=dict(context_length=77, vocab_size=49408, width=64, heads=4, layers=2))
-    print("building a tiny random TCL (4-block ViT, masker on the last block) ...", flush=True)
-    model = create_tcl(tiny, config=TCLConfig(ie_freeze=3)).eval()
+    print(f"building TCL from {args.params} (clip weights: {params.clip.weights or 'random init'}) ...",
+          flush=True)
+    model = create_tcl(create_clip(params.clip.model, params.clip.weights), config=params.model).eval()
     canvas = Image.fromarray((np.random.default_rng(0).random((240, 320, 3)) * 60 + 100).astype(np.uint8))
     draw = ImageDraw.Draw(canvas)
     draw.ellipse([30, 40, 140, 150], fill=(220, 40, 40))
     draw.rectangle([180, 60, 290, 200], fill=(40, 90, 220))
     _segment_all(model, [("demo", canvas)], ["red circle", "blue square"], args)
-    print("demo done (random weights: the masks are not meaningful; see README for real models)")
+    if params.clip.weights is None:
+        print("demo done (random CLIP weights: the masks are not meaningful; see README for real models)")
+    else:
+        print("demo done")
 
 
 def main(argv: list[str] | None = None) -> int:

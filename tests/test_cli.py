@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 from PIL import Image
@@ -9,7 +10,8 @@ from tcl.cli import main
 
 
 def test_demo_runs_offline_and_writes_its_outputs(tmp_path, capsys):
-    assert main(["demo", "--out", str(tmp_path), "--short-side", "96"]) == 0
+    params = Path(__file__).resolve().parents[1] / "params.yaml"
+    assert main(["demo", "--params", str(params), "--out", str(tmp_path), "--short-side", "96"]) == 0
     assert "demo done" in capsys.readouterr().out
     fractions = json.loads((tmp_path / "demo_fractions.json").read_text())
     assert fractions["classes"] == ["background", "red circle", "blue square"]
@@ -29,6 +31,16 @@ def test_bad_input_gives_one_line_errors(tmp_path, capsys):
                  "--checkpoint", str(tmp_path / "absent.pth")]) == 2
     err = capsys.readouterr().err.strip()
     assert err == f"tcl: error: weights file not found: {tmp_path / 'absent.pth'}"
+
+
+def test_demo_reports_invalid_parameters(tmp_path, capsys):
+    params = (Path(__file__).resolve().parents[1] / "params.yaml").read_text()
+    (tmp_path / "params.yaml").write_text(params.replace("ie_freeze: 3", "ie_freeze: 4"))
+    assert main(["demo", "--params", str(tmp_path / "params.yaml"), "--out", str(tmp_path)]) == 2
+    assert capsys.readouterr().err.strip() == "tcl: error: ie_freeze must be in 1..3 for a 4-block CLIP, got 4"
+    (tmp_path / "params.yaml").write_text("model:\n  tv_w: [1]\n")
+    assert main(["demo", "--params", str(tmp_path / "params.yaml"), "--out", str(tmp_path)]) == 2
+    assert capsys.readouterr().err.strip() == "tcl: error: model.tv_w: expected float, got list [1]"
 
 
 def test_empty_class_list_is_a_usage_error(capsys):

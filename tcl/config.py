@@ -1,0 +1,125 @@
+"""``params.yaml`` → validated, typed configuration objects.
+
+Configuration flows one way: the YAML file is parsed once, checked against dataclasses before any
+work starts, and the resulting frozen objects are passed to functions. Unknown keys, wrong types and
+impossible values raise :class:`ConfigError` with a one-line message that names the dotted key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .model.tcl import TCLConfig
+
+__all__ = ["ConfigError", "ClipSettings", "Params", "load_params", "from_dict"]
+
+
+class ConfigError(ValueError):
+    """A parameter file is missing, malformed, or holds an invalid value."""
+
+
+@dataclass(frozen=True)
+class ClipSettings:
+    """Which CLIP TCL is built on.
+
+    ``model``: an open_clip config name (``ViT-B-16-quickgelu``, the paper) or a config dict with
+    ``embed_dim``, ``vision_cfg``, ``text_cfg`` (a tiny CLIP). ``weights``: ``None`` (to be trained
+    by the prepare_clip stage), ``"openai"`` (download) or a weights file.
+    """
+
+    model: str | dict = "ViT-B-16-quickgelu"
+    weights: str | None = None
+
+
+@dataclass(frozen=True)
+class Params:
+    clip: ClipSettings = field(default_factory=ClipSettings)
+    model: TCLConfig = field(default_factory=TCLConfig)
+
+
+_CHECKS = {
+    "model.ie_freeze": (lambda v: v >= 1, "must be >= 1"),
+    "model.decoder_stages": (lambda v: v >= 0, "must be >= 0"),
+    "model.gumbel_tau": (lambda v: v > 0, "must be > 0"),
+    "model.text_chunk_size": (lambda v: v >= 1, "must be >= 1"),
+    "model.tcl_w": (lambda v: v >= 0, "must be >= 0"),
+    "model.area_w": (lambda v: v >= 0, "must be >= 0"),
+    "model.tv_w": (lambda v: v >= 0, "must be >= 0"),
+}
+
+
+def _type_name(tp) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _coerce(value: Any, tp, key: str) -> Any:
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        for option in typing.get_args(tp):
+            try:
+                return _coerce(value, option, key)
+            except ConfigError:
+                continue
+        raise ConfigError(f"{key}: expected {' or '.join(_type_name(t) for t in typing.get_args(tp))}, "
+                          f"got {type(value).__name__} {value!r}")
+    if tp is type(None):
+        if value is None:
+            return None
+    elif dataclasses.is_dataclass(tp):
+        if isinstance(value, dict):
+            return from_dict(tp, value, key)
+    elif tp is float:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif tp in (str, bool, dict):
+        if isinstance(value, tp):
+            return value
+    else:  # pragma: no cover - a dataclass field of a type this loader does not know
+        raise TypeError(f"unsupported config type {tp} at {key}")
+    raise ConfigError(f"{key}: expected {_type_name(tp)}, got {type(value).__name__} {value!r}")
+
+
+def from_dict(cls, data: dict, prefix: str = ""):
+    """Build dataclass ``cls`` from ``data``, validating keys, types and value ranges."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{prefix or 'params'}: expected a mapping, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in dataclasses.fields(cls)}
+    for key in data:
+        if key not in known:
+            where = f"{prefix}.{key}" if prefix else key
+            raise ConfigError(f"unknown key {where!r} (known keys here: {', '.join(sorted(known))})")
+    values = {}
+    for name, raw in data.items():
+        key = f"{prefix}.{name}" if prefix else name
+        value = _coerce(raw, hints[name], key)
+        check = _CHECKS.get(key)
+        if check and not check[0](value):
+            raise ConfigError(f"{key}: {check[1]}, got {value!r}")
+        values[name] = value
+    return cls(**values)
+
+
+def load_params(path: str | os.PathLike = "params.yaml") -> Params:
+    """Read and validate a parameter file."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"parameter file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise ConfigError(f"{path}: not valid YAML{where}") from None
+    return from_dict(Params, data)

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-DATA = Path(__file__).parent / "data"
+DATA = Path(__file__).parent / "fixtures"
 
 # The threads of a 2-core CI machine: keep torch from oversubscribing them.
 torch.set_num_threads(min(2, os.cpu_count() or 1))

@@ -1,0 +1,148 @@
+from __future__ import annotations
+
+import io
+import itertools
+
+import numpy as np
+import pytest
+import torch
+import webdataset as wds
+from PIL import Image
+
+from tcl.data.stream import ShardSource, StreamConfig, StreamError, StreamState, TrainingStream, build_loader
+
+
+def _jpeg(value: int) -> bytes:
+    buffer = io.BytesIO()
+    rng = np.random.default_rng(value)
+    Image.fromarray(rng.integers(0, 255, (40, 48, 3), dtype=np.uint8)).save(buffer, format="JPEG")
+    return buffer.getvalue()
+
+
+def write_shards(folder, prefix: str, shards: int, per_shard: int) -> list[str]:
+    folder.mkdir(parents=True, exist_ok=True)
+    names = []
+    for s in range(shards):
+        name = folder / f"{prefix}-{s:06d}.tar"
+        with wds.TarWriter(str(name)) as sink:
+            for i in range(per_shard):
+                sink.write({"__key__": f"{s:04d}{i:04d}", "jpg": _jpeg(s * 1000 + i),
+                            "txt": f"{prefix} sample {s} {i}"})
+        names.append(str(name))
+    return names
+
+
+def make_stream(tmp_path, world=1, rank=0, resume=None, **overrides):
+    options = dict(sources=(ShardSource((str(tmp_path / "a" / "a-{000000..000003}.tar"),)),), batch_size=3,
+                   num_workers=0, seed=7, shuffle_buffer=8, shuffle_initial=4, image_size=32, augment="none")
+    options.update(overrides)
+    return TrainingStream(StreamConfig(**options), rank=rank, world_size=world, resume=resume)
+
+
+@pytest.fixture()
+def shards(tmp_path):
+    write_shards(tmp_path / "a", "a", shards=4, per_shard=6)
+    return tmp_path
+
+
+def take(loader, n):
+    return list(itertools.islice(iter(loader), n))
+
+
+def test_batches_are_full_tokenised_and_reproducible(shards):
+    first = take(build_loader(make_stream(shards)), 5)
+    again = take(build_loader(make_stream(shards)), 5)
+    assert all(b["image"].shape == (3, 3, 32, 32) and b["text"].shape == (3, 77) for b in first)
+    assert [b["caption"] for b in first] == [b["caption"] for b in again]
+    assert all(torch.equal(x["image"], y["image"]) for x, y in zip(first, again, strict=True))
+    other_seed = take(build_loader(make_stream(shards, seed=8)), 5)
+    assert [b["caption"] for b in other_seed] != [b["caption"] for b in first]
+
+
+@pytest.mark.parametrize("shard_count", [4, 1])  # shard-level split, then sample-level split
+def test_ranks_and_workers_see_disjoint_samples_covering_an_epoch(tmp_path, shard_count):
+    write_shards(tmp_path / "a", "a", shards=shard_count, per_shard=24 // shard_count)
+    pattern = str(tmp_path / "a" / "a-*.tar")
+    seen = []
+    for rank in range(2):
+        # no shuffle buffer, so the first epoch is not mixed with the next one
+        stream = make_stream(tmp_path, world=2, rank=rank, num_workers=2, batch_size=2, shuffle_buffer=1,
+                             shuffle_initial=1, sources=(ShardSource((pattern,)),))
+        batches = take(build_loader(stream), 6)  # 2 workers × 3 batches × 2 = 6 samples per slot = 1 epoch
+        seen += [c for b in batches for c in b["caption"]]
+    assert len(seen) == 24 and len(set(seen)) == 24
+
+
+@pytest.mark.parametrize("interrupt_at", [4, 5])  # the next batch belongs to worker 0, then to worker 1
+def test_exact_resume_matches_an_uninterrupted_run(shards, interrupt_at):
+    kwargs = dict(num_workers=2, augment="paper", shuffle_buffer=5)
+    full = take(build_loader(make_stream(shards, **kwargs)), 10)
+
+    stream = make_stream(shards, **kwargs)
+    state = stream.initial_state()
+    for batch in take(build_loader(stream), interrupt_at):
+        state.update(batch)
+    saved = StreamState.from_dict(state.to_dict())  # what a checkpoint stores
+    resumed = take(build_loader(make_stream(shards, resume=saved, **kwargs)), 10 - interrupt_at)
+
+    assert [b["caption"] for b in resumed] == [b["caption"] for b in full[interrupt_at:]]
+    assert all(torch.equal(x["image"], y["image"]) for x, y in zip(resumed, full[interrupt_at:], strict=True))
+
+
+def test_resume_from_another_setup_is_refused(shards):
+    state = StreamState(seed=7, world_size=2, num_workers=1)
+    with pytest.raises(StreamError, match="cannot resume the data stream exactly"):
+        make_stream(shards, resume=state)
+
+
+def test_bad_data_is_skipped_and_counted(tmp_path):
+    folder = tmp_path / "bad"
+    write_shards(folder, "good", shards=1, per_shard=6)
+    with wds.TarWriter(str(folder / "good-000001.tar")) as sink:
+        sink.write({"__key__": "x1", "jpg": b"not a jpeg", "txt": "broken image"})
+        sink.write({"__key__": "x2", "jpg": _jpeg(1), "txt": "   "})
+        sink.write({"__key__": "x3", "txt": "no image at all"})
+        sink.write({"__key__": "x4", "jpg": _jpeg(2)[:200], "txt": "truncated jpeg"})
+        sink.write({"__key__": "x5", "jpg": _jpeg(3), "txt": "fine"})
+    (folder / "good-000002.tar").write_bytes(b"\x00garbage" * 100)
+    pattern = str(folder / "good-{000000..000003}.tar")  # 000003 does not exist
+    stream = make_stream(tmp_path, sources=(ShardSource((pattern,)),), batch_size=1, shuffle_buffer=1,
+                         shuffle_initial=1)
+    assert stream.missing == [str(folder / "good-000003.tar")]
+    batches = take(build_loader(stream), 14)  # two epochs of the 7 good samples
+    counts = batches[-1]["skipped"]
+    assert counts["undecodable_image"] == 4 and counts["empty_caption"] == 2
+    assert counts["incomplete_sample"] == 2 and counts["corrupt_tar"] >= 1
+    assert {c for b in batches for c in b["caption"]} >= {"fine", "good sample 0 0"}
+
+
+def test_sources_mix_by_weight(tmp_path):
+    write_shards(tmp_path / "a", "a", shards=2, per_shard=10)
+    write_shards(tmp_path / "b", "b", shards=2, per_shard=10)
+    stream = make_stream(tmp_path, batch_size=20, sources=(
+        ShardSource((str(tmp_path / "a"),), weight=3.0), ShardSource((str(tmp_path / "b" / "b-*.tar"),), weight=1.0)))
+    captions = [c for b in take(build_loader(stream), 20) for c in b["caption"]]
+    share = sum(c.startswith("a ") for c in captions) / len(captions)
+    assert 0.70 < share < 0.80
+
+
+def test_missing_sources_fail_at_start_with_a_clear_message(tmp_path):
+    with pytest.raises(StreamError, match=r"no shards found .*run the download stage"):
+        make_stream(tmp_path, sources=(ShardSource((str(tmp_path / "none-{000000..000002}.tar"),)),))
+
+
+def test_augmentation_failures_are_skipped_and_counted(shards):
+    stream = make_stream(shards, batch_size=2)
+    calls = {"n": 0}
+    transform = stream.transform
+
+    def flaky(image):
+        calls["n"] += 1
+        if calls["n"] % 3 == 0:  # what timm's 0-bit posterize does on current Pillow
+            raise ValueError("bits must be between or equal to 1 and 8")
+        return transform(image)
+
+    stream.transform = flaky
+    batches = take(build_loader(stream), 4)
+    assert all(b["image"].shape[0] == 2 for b in batches)
+    assert batches[-1]["skipped"]["augment_error"] == 3

@@ -17,6 +17,7 @@ from typing import Any
 
 import yaml
 
+from .data.stream import AUGMENTATIONS, StreamConfig
 from .model.tcl import TCLConfig
 
 __all__ = ["ConfigError", "ClipSettings", "Params", "load_params", "from_dict"]
@@ -43,6 +44,7 @@ class ClipSettings:
 class Params:
     clip: ClipSettings = field(default_factory=ClipSettings)
     model: TCLConfig = field(default_factory=TCLConfig)
+    data: StreamConfig = field(default_factory=StreamConfig)
 
 
 _CHECKS = {
@@ -53,6 +55,14 @@ _CHECKS = {
     "model.tcl_w": (lambda v: v >= 0, "must be >= 0"),
     "model.area_w": (lambda v: v >= 0, "must be >= 0"),
     "model.tv_w": (lambda v: v >= 0, "must be >= 0"),
+    "data.batch_size": (lambda v: v >= 1, "must be >= 1"),
+    "data.num_workers": (lambda v: v >= 0, "must be >= 0"),
+    "data.shuffle_buffer": (lambda v: v >= 1, "must be >= 1"),
+    "data.shuffle_initial": (lambda v: v >= 1, "must be >= 1"),
+    "data.image_size": (lambda v: v >= 16, "must be >= 16"),
+    "data.augment": (lambda v: v in AUGMENTATIONS, f"must be one of {', '.join(AUGMENTATIONS)}"),
+    "data.crop_scale_min": (lambda v: 0 < v <= 1, "must be in (0, 1]"),
+    "data.context_length": (lambda v: v >= 2, "must be >= 2"),
 }
 
 
@@ -70,6 +80,11 @@ def _coerce(value: Any, tp, key: str) -> Any:
                 continue
         raise ConfigError(f"{key}: expected {' or '.join(_type_name(t) for t in typing.get_args(tp))}, "
                           f"got {type(value).__name__} {value!r}")
+    if origin is tuple:
+        if isinstance(value, list | tuple):
+            (item_type, _ellipsis) = typing.get_args(tp)
+            return tuple(_coerce(item, item_type, f"{key}[{i}]") for i, item in enumerate(value))
+        raise ConfigError(f"{key}: expected a list, got {type(value).__name__} {value!r}")
     if tp is type(None):
         if value is None:
             return None

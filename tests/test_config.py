@@ -38,11 +38,24 @@ def test_defaults_and_int_to_float(tmp_path):
     ("clip:\n  weights: 3\n", "clip.weights: expected str or NoneType, got int 3"),
     ("model: [1, 2]\n", "model: expected TCLConfig, got list"),
     ("model: {ie_freeze: 3\n", "not valid YAML at line"),
+    ("data:\n  augment: heavy\n", "data.augment: must be one of paper, crop, none, got 'heavy'"),
+    ("data:\n  sources:\n    - pattern: [x.tar]\n", "unknown key 'data.sources[0].pattern'"),
+    ("data:\n  sources:\n    - patterns: x.tar\n", "data.sources[0].patterns: expected a list, got str"),
+    ("data:\n  crop_scale_min: 1.5\n", "data.crop_scale_min: must be in (0, 1], got 1.5"),
 ])
 def test_bad_parameters_name_the_key(tmp_path, text, message):
     with pytest.raises(ConfigError) as info:
         load_params(write(tmp_path, text))
     assert message in str(info.value) and "\n" not in str(info.value)
+
+
+def test_data_sources_become_typed_tuples(tmp_path):
+    params = load_params(write(tmp_path, "data:\n  sources:\n    - {patterns: ['a-{000000..000003}.tar'], "
+                                         "weight: 2, name: a}\n    - {patterns: [b/]}\n  augment: crop\n"))
+    first, second = params.data.sources
+    assert first.patterns == ("a-{000000..000003}.tar",) and first.weight == 2.0 and first.name == "a"
+    assert second.patterns == ("b/",) and second.weight == 1.0
+    assert params.data.augment == "crop"
 
 
 def test_missing_file(tmp_path):

@@ -42,9 +42,10 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from ..model.tcl import IMAGENET_MEAN, IMAGENET_STD
 
-__all__ = ["ShardSource", "StreamConfig", "StreamState", "StreamError", "TrainingStream", "expand_shards",
-           "build_transform", "build_loader"]
+__all__ = ["AUGMENTATIONS", "ShardSource", "StreamConfig", "StreamState", "StreamError", "TrainingStream",
+           "expand_shards", "build_transform", "build_loader"]
 
+AUGMENTATIONS = ("paper", "crop", "none")
 IMAGE_KEYS = ("jpg", "jpeg", "png", "webp")
 TEXT_KEYS = ("txt", "text")
 
@@ -57,14 +58,14 @@ class StreamError(ValueError):
 class ShardSource:
     """Shards of one data set: brace patterns (``cc-{000000..001175}.tar``), globs or folders."""
 
-    patterns: tuple[str, ...]
+    patterns: tuple[str, ...] = ()
     weight: float = 1.0
     name: str = ""
 
 
 @dataclass(frozen=True)
 class StreamConfig:
-    sources: tuple[ShardSource, ...]
+    sources: tuple[ShardSource, ...] = ()
     batch_size: int = 64  # per rank; every batch is full (partial=False in the official code)
     num_workers: int = 2
     seed: int = 0

@@ -68,7 +68,8 @@ def _write_outputs(image, result, stem: str, out: Path) -> None:
     import numpy as np
     from PIL import Image
 
-    from .visualize import overlay_with_legend, palette, save_atomic, write_json_atomic
+    from .atomic import write_json_atomic
+    from .visualize import overlay_with_legend, palette, save_atomic
 
     colours = palette(len(result.names), background=result.names[0] == "background")
     save_atomic(overlay_with_legend(image, result.labels, result.names, colours), out / f"{stem}_overlay.png")

@@ -1,17 +1,16 @@
-"""Colour overlays with a class legend, and atomic image/JSON writing."""
+"""Colour overlays with a class legend, and atomic PNG writing."""
 
 from __future__ import annotations
 
 import colorsys
-import json
 import os
-import tempfile
-from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw
 
-__all__ = ["palette", "overlay_with_legend", "save_atomic", "write_json_atomic"]
+from .atomic import atomic_path
+
+__all__ = ["palette", "overlay_with_legend", "save_atomic"]
 
 
 def palette(num_classes: int, background: bool) -> np.ndarray:
@@ -47,29 +46,7 @@ def overlay_with_legend(image: Image.Image, labels: np.ndarray, names: list[str]
     return out
 
 
-def _atomic_target(path: Path):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(handle)
-    return Path(tmp)
-
-
 def save_atomic(image: Image.Image, path: str | os.PathLike) -> None:
     """Write a PNG through a temporary file and a rename, so no half-written file is left."""
-    path = Path(path)
-    tmp = _atomic_target(path)
-    try:
+    with atomic_path(path) as tmp:
         image.save(tmp, format="PNG")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def write_json_atomic(data, path: str | os.PathLike) -> None:
-    path = Path(path)
-    tmp = _atomic_target(path)
-    try:
-        tmp.write_text(json.dumps(data, indent=2) + "\n")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)

@@ -8,13 +8,14 @@ unlabeled to 0 = background (nothing is ignored, as in the original protocol).
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
+
+from ..atomic import atomic_path
 
 __all__ = ["COCO_OBJECT_LUT", "THING_RAW_IDS", "convert_label_map", "convert_coco_object",
            "COCOObjectError", "SPLITS", "OUTPUT_SUFFIX"]
@@ -66,13 +67,8 @@ def _convert_file(job: tuple[Path, Path]) -> None:
         raw = np.asarray(image)
     if raw.ndim != 2 or raw.dtype != np.uint8:
         raise COCOObjectError(f"{source}: expected a single-channel 8-bit label map, got {raw.dtype} {raw.shape}")
-    handle, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    os.close(handle)
-    try:
+    with atomic_path(target) as tmp:
         Image.fromarray(convert_label_map(raw, str(source))).save(tmp, format="PNG")
-        os.replace(tmp, target)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
 
 
 def convert_coco_object(root: str | os.PathLike, out_dir: str | os.PathLike, splits=SPLITS, workers: int = 1,

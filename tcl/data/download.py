@@ -1,0 +1,360 @@
+"""Caption/URL lists → webdataset shards through img2dataset (TCL_SPEC §5: CC3M, CC12M).
+
+img2dataset does the downloading, resizing, encoding, sharding and scale-out (multiprocessing,
+pyspark or ray); this module only puts a thin, resumable frame around it:
+
+* **Any column order.** CC3M ships ``caption<TAB>url``, CC12M ``url<TAB>caption``, with or without a
+  header line. The URL column is found by name (``url``) or else by content, and the list is
+  normalised to a parquet file with known column names, so no ``sed`` on multi-GB files is needed.
+  The normalised file is parquet rather than TSV because img2dataset's TSV reader honours ``"``
+  quoting: it silently turns the caption ``"the best" sofa`` into ``the best sofa``.
+* **Prefixed final names, resumable.** img2dataset names shards ``000000.tar`` and, in its
+  ``incremental`` mode, skips a shard whose ``000000_stats.json`` exists; it writes that file only
+  after the tar is closed. It therefore writes into a work folder beside the shards
+  (``.<prefix>img2dataset/``), and a shard is renamed (``os.replace``) to ``<prefix>000000.tar``
+  only once its stats file exists and parses, both while the download runs and when the next run
+  starts. A shard under its final name is therefore always complete, and an interrupted run
+  resumes where it stopped. The work folder keeps the per-shard stats and img2dataset's per-sample
+  parquet (URL, status, error) of every shard.
+* **Local files through the same path.** With ``serve_root``, relative paths in the list are
+  served by a loopback HTTP server for the duration of the download, so the built-in synthetic
+  corpus exercises exactly the code path that CC3M does.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import importlib.util
+import inspect
+import json
+import math
+import os
+import re
+import signal
+import sys
+import tempfile
+import threading
+import time
+import types
+from collections import Counter
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import pyarrow.parquet as pq
+
+from ..atomic import write_text_atomic
+from .url_lists import DownloadError, read_url_list, rewrite_relative_urls, serve_directory
+
+__all__ = ["DownloadError", "download_shards", "read_url_list", "serve_directory", "shard_name", "work_dir",
+           "DISTRIBUTORS", "RESIZE_MODES", "ENCODE_FORMATS", "SHARD_DIGITS"]
+
+DISTRIBUTORS = ("multiprocessing", "pyspark", "ray")
+RESIZE_MODES = ("no", "keep_ratio", "keep_ratio_largest", "center_crop", "border")
+ENCODE_FORMATS = ("jpg", "png", "webp")
+SHARD_DIGITS = 6
+_MAX_REASONS = 20
+# Arguments this module sets itself; everything else of img2dataset.download may be passed through.
+_RESERVED_ARGS = {"url_list", "output_folder", "input_format", "url_col", "caption_col", "output_format",
+                  "incremental_mode", "oom_shard_count", "image_size", "resize_mode", "resize_only_if_bigger",
+                  "encode_format", "encode_quality", "number_sample_per_shard", "processes_count", "thread_count",
+                  "timeout", "retries", "distributor"}
+# Pass-through arguments that change how the job runs, not what the shards hold.
+_RUNTIME_ARGS = {"enable_wandb", "wandb_project", "subjob_size", "max_shard_retry", "user_agent_token"}
+# Not ``*.json``: img2dataset parses the shard id out of every ``*.json`` name in its output folder.
+_SETTINGS_FILE = "settings.txt"
+_INPUT_FILE = "_input.parquet"
+
+
+def shard_name(prefix: str, index: int) -> str:
+    """Final name of shard ``index``: ``prefix`` + 6-digit index + ``.tar`` (``gcc-train-000000.tar``)."""
+    return f"{prefix}{index:0{SHARD_DIGITS}d}.tar"
+
+
+def work_dir(output_dir: str | os.PathLike, prefix: str = "") -> Path:
+    """img2dataset's own output folder for one prefix: hidden, so ``*.tar`` globs never see it."""
+    return Path(output_dir) / f".{prefix}img2dataset"
+
+
+# --------------------------------------------------------------------------- shards and stats
+
+def _shard_index(stats_file: Path) -> int:
+    return int(stats_file.name.split("_", 1)[0])
+
+
+def _read_stats(stats_file: Path) -> dict | None:
+    try:
+        stats = json.loads(stats_file.read_text())
+    except (OSError, ValueError):
+        return None
+    return stats if isinstance(stats, dict) and "count" in stats else None
+
+
+def _promote(work: Path, output_dir: Path, prefix: str, running: bool) -> None:
+    """Give every finished shard its final name; between runs, also forget shards that must be redone.
+
+    A stats file that does not parse is being written (``running``) or was cut by a crash (between
+    runs: redo the shard). A stats file whose shard is neither in the work folder nor under its final
+    name means the final shard was deleted: redo it. A work tar without stats is a partial shard.
+    """
+    for stats_file in sorted(work.glob("*_stats.json")):
+        index = stats_file.name.split("_", 1)[0]
+        tar, final = work / f"{index}.tar", output_dir / shard_name(prefix, int(index))
+        if _read_stats(stats_file) is None:
+            if not running:
+                stats_file.unlink(missing_ok=True)
+            continue
+        if tar.exists():
+            os.replace(tar, final)
+        elif not final.exists() and not running:
+            stats_file.unlink(missing_ok=True)
+            (work / f"{index}.parquet").unlink(missing_ok=True)
+    if not running:
+        for tar in work.glob("*.tar"):
+            tar.unlink(missing_ok=True)
+
+
+def _promote_while_running(work: Path, output_dir: Path, prefix: str, stop: threading.Event,
+                           interval: float) -> None:
+    while not stop.wait(interval):
+        with contextlib.suppress(OSError):
+            _promote(work, output_dir, prefix, running=True)
+
+
+def _reason(message: str) -> str:
+    # "cannot identify image file <_io.BytesIO object at 0x7f..>": one reason, not one per sample
+    return re.sub(r" at 0x[0-9a-fA-F]+", "", message)
+
+
+def _summarise(work: Path, output_dir: Path, prefix: str, shard_count: int) -> tuple[dict[str, Any], list[int]]:
+    totals = Counter()
+    reasons: Counter[str] = Counter()
+    missing, shard_bytes = [], 0
+    for index in range(shard_count):
+        stats = _read_stats(work / f"{index:0{SHARD_DIGITS}d}_stats.json")
+        final = output_dir / shard_name(prefix, index)
+        if stats is None or not final.exists():
+            missing.append(index)
+            continue
+        shard_bytes += final.stat().st_size
+        for key in ("count", "successes", "failed_to_download", "failed_to_resize"):
+            totals[key] += int(stats.get(key, 0))
+        for message, n in stats.get("status_dict", {}).items():
+            if message != "success":
+                reasons[_reason(message)] += int(n)
+    top = dict(reasons.most_common(_MAX_REASONS))
+    if len(reasons) > _MAX_REASONS:
+        top["other"] = sum(reasons.values()) - sum(top.values())
+    return {
+        "samples_attempted": totals["count"],
+        "samples_succeeded": totals["successes"],
+        "samples_failed": totals["count"] - totals["successes"],
+        "failed_to_download": totals["failed_to_download"],
+        "failed_to_resize": totals["failed_to_resize"],
+        "failed_by_reason": top,
+        "shards": shard_count - len(missing),
+        "shard_bytes": shard_bytes,
+    }, missing
+
+
+def _file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+# --------------------------------------------------------------------------- running img2dataset
+
+def _check_settings(prefix: str, image_size: int, resize_mode: str, encode_format: str, encode_quality: int,
+                    number_sample_per_shard: int, processes_count: int, thread_count: int, timeout: float,
+                    retries: int, distributor: str, extra: Mapping[str, Any]) -> None:
+    if os.sep in prefix or "/" in prefix or prefix.startswith("."):
+        raise DownloadError(f"prefix {prefix!r} must be a plain file-name start (no '/', not hidden)")
+    for name, value, low in (("image_size", image_size, 1), ("number_sample_per_shard", number_sample_per_shard, 1),
+                             ("processes_count", processes_count, 1), ("thread_count", thread_count, 1),
+                             ("retries", retries, 0)):
+        if not isinstance(value, int) or value < low:
+            raise DownloadError(f"{name} must be an integer >= {low}, got {value!r}")
+    if not timeout > 0:
+        raise DownloadError(f"timeout must be > 0 seconds, got {timeout!r}")
+    if resize_mode not in RESIZE_MODES:
+        raise DownloadError(f"resize_mode must be one of {', '.join(RESIZE_MODES)}, got {resize_mode!r}")
+    if encode_format not in ENCODE_FORMATS:
+        raise DownloadError(f"encode_format must be one of {', '.join(ENCODE_FORMATS)}, got {encode_format!r}")
+    high = 9 if encode_format == "png" else 100
+    if not 0 <= encode_quality <= high:
+        raise DownloadError(f"encode_quality for {encode_format} must be in 0..{high}, got {encode_quality}")
+    if distributor not in DISTRIBUTORS:
+        raise DownloadError(f"distributor must be one of {', '.join(DISTRIBUTORS)}, got {distributor!r}")
+    if distributor != "multiprocessing" and importlib.util.find_spec(distributor) is None:
+        # img2dataset's ray distributor silently does nothing without ray; pyspark fails mid-run.
+        raise DownloadError(f"distributor {distributor!r} needs the {distributor} package, which is not "
+                            f"installed (pip install {distributor})")
+    if not extra:
+        return
+    from img2dataset import download  # a 4 s import (torch, wandb): only when there is something to check
+
+    unknown = sorted(set(extra) - (set(inspect.signature(download).parameters) - _RESERVED_ARGS))
+    if unknown:
+        raise DownloadError(f"unknown or reserved img2dataset argument(s): {', '.join(unknown)}")
+
+
+def _prepare_output(output_dir: Path, work: Path) -> None:
+    try:
+        work.mkdir(parents=True, exist_ok=True)
+        handle, probe = tempfile.mkstemp(dir=work, prefix=".probe.")
+        os.close(handle)
+        os.unlink(probe)
+    except OSError as err:
+        raise DownloadError(f"cannot write to output directory {output_dir}: {err.strerror or err}") from err
+
+
+def _clear_previous(output_dir: Path, work: Path, prefix: str) -> None:
+    pattern = re.compile(rf"{re.escape(prefix)}\d{{{SHARD_DIGITS},}}\.tar")
+    for path in output_dir.iterdir():
+        if path.is_file() and pattern.fullmatch(path.name):
+            path.unlink()
+    for path in work.iterdir():
+        if path.is_file():
+            path.unlink()
+
+
+@contextlib.contextmanager
+def _img2dataset_signals() -> Iterator[None]:
+    """Contain img2dataset's SIGINT handler.
+
+    ``img2dataset.download`` installs a SIGINT handler that deletes its temp folder and calls
+    ``sys.exit(0)``: an interrupted download would look like a success to DVC or Prefect, and the
+    handler stays installed afterwards. Restore the previous handler and turn that exit into
+    ``KeyboardInterrupt``. ``signal.signal`` only works in the main thread, so in any other thread (a
+    Prefect task, say) img2dataset is given a ``signal`` module whose ``signal`` does nothing.
+    """
+    import img2dataset  # noqa: F401 - loads the submodule below
+
+    # not ``import img2dataset.main``: the package rebinds the name ``main`` to the CLI function
+    i2d_main = sys.modules["img2dataset.main"]
+    in_main = threading.current_thread() is threading.main_thread()
+    previous = signal.getsignal(signal.SIGINT) if in_main else None
+    real = i2d_main.signal
+    if not in_main:
+        i2d_main.signal = types.SimpleNamespace(SIGINT=signal.SIGINT, signal=lambda *_: None)
+    try:
+        yield
+    except SystemExit as err:
+        raise KeyboardInterrupt("img2dataset was interrupted") from err
+    finally:
+        i2d_main.signal = real
+        if in_main and previous is not None:
+            signal.signal(signal.SIGINT, previous)
+
+
+def download_shards(url_list: str | os.PathLike, output_dir: str | os.PathLike, *, prefix: str = "",
+                    stats_path: str | os.PathLike | None = None, serve_root: str | os.PathLike | None = None,
+                    image_size: int = 512, resize_mode: str = "keep_ratio", resize_only_if_bigger: bool = True,
+                    encode_format: str = "jpg", encode_quality: int = 95, number_sample_per_shard: int = 10000,
+                    processes_count: int = 1, thread_count: int = 32, timeout: float = 10, retries: int = 0,
+                    distributor: str = "multiprocessing", overwrite: bool = False,
+                    img2dataset_args: Mapping[str, Any] | None = None,
+                    promote_interval: float = 2.0) -> dict[str, Any]:
+    """Download the (url, caption) pairs of ``url_list`` into ``output_dir/<prefix>NNNNNN.tar`` shards.
+
+    Each sample holds ``.<encode_format>``, ``.txt`` (the caption) and ``.json`` (img2dataset's
+    metadata). Shard ``i`` holds rows ``i*number_sample_per_shard ...`` of the list, minus failures.
+    Resumable: finished shards are kept, a shard whose final file was deleted is downloaded again.
+    The settings that decide the shards' content (the list's hash, shard size, image settings) are
+    recorded in the work folder; resuming with other ones is refused unless ``overwrite`` (which
+    starts again from nothing). ``img2dataset_args`` passes further ``img2dataset.download``
+    arguments through (``min_image_size``, ``subjob_size``, ...).
+
+    Returns the stats (written atomically to ``stats_path`` when given): samples attempted,
+    succeeded and failed (by reason), shards and their bytes over the whole dataset; wall time and
+    samples/s of this call. Raises ``DownloadError`` for unusable input and for shards that did not
+    complete (rerun to retry them), ``KeyboardInterrupt`` when interrupted.
+    """
+    start = time.perf_counter()
+    extra = dict(img2dataset_args or {})
+    # albumentations (imported by img2dataset in every worker) asks PyPI for a newer version at import.
+    os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+    _check_settings(prefix, image_size, resize_mode, encode_format, encode_quality, number_sample_per_shard,
+                    processes_count, thread_count, timeout, retries, distributor, extra)
+    url_list, output_dir = Path(url_list), Path(output_dir)
+    table, dropped = read_url_list(url_list, serve_root)
+    work = work_dir(output_dir, prefix)
+    _prepare_output(output_dir, work)
+
+    settings = {"url_list_sha256": _file_sha256(url_list), "number_sample_per_shard": number_sample_per_shard,
+                "image_size": image_size, "resize_mode": resize_mode, "resize_only_if_bigger": resize_only_if_bigger,
+                "encode_format": encode_format, "encode_quality": encode_quality,
+                **{k: v for k, v in sorted(extra.items()) if k not in _RUNTIME_ARGS}}
+    settings_file = work / _SETTINGS_FILE
+    recorded = settings_file.read_text() if settings_file.exists() else None
+    current = json.dumps(settings, sort_keys=True, default=str)
+    if overwrite:
+        _clear_previous(output_dir, work, prefix)
+    elif recorded is not None and recorded != current:
+        try:
+            old = json.loads(recorded)
+        except ValueError:
+            old = {}
+        changed = sorted(k for k in settings.keys() | old.keys() if json.dumps(old.get(k), default=str)
+                         != json.dumps(settings.get(k), default=str))
+        raise DownloadError(f"{output_dir} holds {prefix or 'unprefixed '}shards made with other settings "
+                            f"(changed: {', '.join(changed) or 'unreadable record'}); use overwrite (--overwrite) "
+                            "to start again, or another output directory")
+    write_text_atomic(settings_file, current)
+
+    _promote(work, output_dir, prefix, running=False)
+    shard_count = math.ceil(table.num_rows / number_sample_per_shard)
+    done_before = {_shard_index(p) for p in work.glob("*_stats.json")}
+    to_do = [i for i in range(shard_count) if i not in done_before]
+    attempted_now = sum(min(number_sample_per_shard, table.num_rows - i * number_sample_per_shard) for i in to_do)
+
+    if to_do:
+        from img2dataset import download
+
+        input_file = work / _INPUT_FILE
+        stop = threading.Event()
+        promoter = threading.Thread(target=_promote_while_running, name="tcl-promote-shards", daemon=True,
+                                    args=(work, output_dir, prefix, stop, promote_interval))
+        try:
+            with contextlib.ExitStack() as stack:
+                if serve_root is not None:
+                    table = rewrite_relative_urls(table, stack.enter_context(serve_directory(serve_root)))
+                pq.write_table(table, input_file)
+                promoter.start()
+                with _img2dataset_signals():
+                    try:
+                        download(url_list=str(input_file), output_folder=str(work), input_format="parquet",
+                                 url_col="url", caption_col="caption", output_format="webdataset",
+                                 image_size=image_size, resize_mode=resize_mode,
+                                 resize_only_if_bigger=resize_only_if_bigger, encode_format=encode_format,
+                                 encode_quality=encode_quality, number_sample_per_shard=number_sample_per_shard,
+                                 processes_count=processes_count, thread_count=thread_count, timeout=timeout,
+                                 retries=retries, distributor=distributor, incremental_mode="incremental",
+                                 oom_shard_count=SHARD_DIGITS, **extra)
+                    except (TypeError, ValueError) as err:  # img2dataset's own argument checks
+                        raise DownloadError(f"img2dataset refused the settings: {err}") from err
+        finally:
+            stop.set()
+            if promoter.is_alive():
+                promoter.join()
+            input_file.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):  # even when interrupted: finished shards get their names
+                _promote(work, output_dir, prefix, running=True)
+        _promote(work, output_dir, prefix, running=False)
+
+    stats, missing = _summarise(work, output_dir, prefix, shard_count)
+    if missing:
+        shown = ", ".join(shard_name(prefix, i) for i in missing[:3]) + (" ..." if len(missing) > 3 else "")
+        raise DownloadError(f"{len(missing)} of {shard_count} shards did not complete ({shown}; img2dataset "
+                            "printed why above); rerun to retry them")
+    wall = time.perf_counter() - start
+    stats.update({"rows": table.num_rows, "rows_dropped": dropped, "shards_downloaded_now": len(to_do),
+                  "samples_attempted_now": attempted_now, "wall_time_s": round(wall, 3),
+                  "throughput_samples_per_s": round(attempted_now / wall, 3) if wall > 0 else 0.0})
+    if stats_path is not None:
+        write_text_atomic(Path(stats_path), json.dumps(stats, indent=2, sort_keys=True) + "\n")
+    return stats

@@ -75,7 +75,7 @@ def _write_outputs(image, result, stem: str, out: Path) -> None:
     save_atomic(overlay_with_legend(image, result.labels, result.names, colours), out / f"{stem}_overlay.png")
     save_atomic(Image.fromarray(result.labels.astype(np.uint8 if len(result.names) < 256 else np.uint16)),
                 out / f"{stem}_labels.png")
-    write_json_atomic({"classes": result.names, "fractions": result.fractions()}, out / f"{stem}_fractions.json")
+    write_json_atomic(out / f"{stem}_fractions.json", {"classes": result.names, "fractions": result.fractions()})
 
 
 def _load_images(paths: list[Path]) -> list[tuple[str, object]]:

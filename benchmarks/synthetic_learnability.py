@@ -77,7 +77,7 @@ def evaluate(clip, config: TCLConfig, splits, ids) -> dict:
     text = model.build_text_embedding(list(KIND_NAMES), template="simple")
     results = {}
     classes = [0, *ids]
-    thresholds = np.linspace(0.05, 0.95, 19)
+    thresholds = np.concatenate([np.linspace(0.05, 0.95, 19), [0.97, 0.98, 0.99, 0.995]])
     (train_images, train_labels), (val_images, val_labels) = splits
     train_gt = np.stack(train_labels)
     train_scores = dense_scores(model, train_images, text, train_gt.shape[1:])
@@ -97,6 +97,7 @@ def main() -> None:
     parser.add_argument("--patch-size", type=int)
     parser.add_argument("--width", type=int)
     parser.add_argument("--layers", type=int)
+    parser.add_argument("--pool", choices=["tok", "avg"], help="image embedding: class token or mean of patches")
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--batch-size", type=int, default=64)
     args = parser.parse_args()
@@ -105,7 +106,8 @@ def main() -> None:
     params = load_params()
     cfg = copy.deepcopy(params.clip.model)
     vision = cfg["vision_cfg"]
-    for key, value in (("patch_size", args.patch_size), ("width", args.width), ("layers", args.layers)):
+    for key, value in (("patch_size", args.patch_size), ("width", args.width), ("layers", args.layers),
+                       ("pool_type", args.pool)):
         if value is not None:
             vision[key] = value
     vision["image_size"] = params.data.image_size

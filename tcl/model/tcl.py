@@ -74,8 +74,9 @@ class TCL(nn.Module):
         if not 1 <= config.ie_freeze < depth:
             raise ValueError(f"ie_freeze must be in 1..{depth - 1} for a {depth}-block CLIP, "
                              f"got {config.ie_freeze}")
-        if getattr(visual, "attn_pool", None) is not None or visual.proj is None:
-            raise ValueError("TCL needs a ViT CLIP image tower with class-token pooling and a projection")
+        if getattr(visual, "attn_pool", None) is not None or visual.proj is None or \
+                getattr(visual, "pool_type", "tok") not in ("tok", "avg"):
+            raise ValueError("TCL needs a ViT CLIP image tower with class-token or average pooling and a projection")
         self.config = config
         self.clip = clip.eval().requires_grad_(False)
         self.masker = Masker(visual, config.ie_freeze, config.decoder_stages, config.sim2mask_init_w,
@@ -136,11 +137,18 @@ class TCL(nn.Module):
         return tokens_to_map(project_tokens(visual.ln_post, visual.proj, x), grid)
 
     def encode_image(self, image: torch.Tensor) -> torch.Tensor:
-        """Standard CLIP image embedding [B, D] (CLS → ln_post → proj), any input size."""
+        """Standard CLIP image embedding [B, D] at any input size: ``ln_post`` then the tower's own
+        pooling (class token, as in OpenAI's CLIP, or the mean of the patch tokens), then ``proj``."""
         visual = self.clip.visual
         x, _ = embed_patches(visual, image, self._pos_cache)
         x = run_blocks(visual.transformer.resblocks, x, self_only_last=False, batch_first=self._batch_first)
-        return project_tokens(visual.ln_post, visual.proj, x[:, 0])
+
+        def pool(tokens: torch.Tensor) -> torch.Tensor:
+            return tokens[:, 1:].mean(dim=1) if getattr(visual, "pool_type", "tok") == "avg" else tokens[:, 0]
+
+        if getattr(visual, "final_ln_after_pool", False):
+            return visual.ln_post(pool(x)) @ visual.proj
+        return pool(visual.ln_post(x)) @ visual.proj
 
     def encode_text(self, tokens: torch.Tensor) -> torch.Tensor:
         """Un-normalised CLIP text embedding [N, D] (frozen text tower, EOT pooling)."""

@@ -41,3 +41,13 @@ def test_encode_image_matches_open_clip_at_native_size(tiny_tcl):
     image = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
         assert torch.allclose(tiny_tcl.encode_image(image), tiny_tcl.clip.encode_image(image), atol=1e-5)
+
+
+def test_encode_image_follows_average_pooling_towers(tiny_clip_config):
+    from tcl import TCLConfig, create_tcl
+
+    config = dict(tiny_clip_config, vision_cfg=dict(tiny_clip_config["vision_cfg"], pool_type="avg"))
+    model = create_tcl(config, config=TCLConfig(ie_freeze=2))
+    image = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.allclose(model.encode_image(image), model.clip.encode_image(image), atol=1e-5)

@@ -1,0 +1,53 @@
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tcl.train import build_optimizer, learning_rate_at, parameter_groups, scaled_learning_rates
+
+
+def test_linear_scaling_matches_the_paper_runs():
+    assert scaled_learning_rates(3e-4, 4e-5, 16 * 64) == pytest.approx((7.5e-5, 1e-5))
+    assert scaled_learning_rates(3e-4, 4e-5, 8 * 64) == pytest.approx((3.75e-5, 5e-6))
+
+
+def test_schedule_matches_torch_sequential_linear_then_cosine():
+    lr, min_lr, warmup, total = 7.5e-5, 1e-5, 15, 50
+    param = torch.nn.Parameter(torch.zeros(1))
+    optimizer = torch.optim.SGD([param], lr=lr)
+    scheduler = torch.optim.lr_scheduler.SequentialLR(optimizer, [
+        torch.optim.lr_scheduler.LinearLR(optimizer, start_factor=1e-4, end_factor=1.0, total_iters=warmup),
+        torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total - warmup, eta_min=min_lr),
+    ], milestones=[warmup])
+    for step in range(total + 1):
+        assert learning_rate_at(step, lr, min_lr, warmup, total) == pytest.approx(
+            optimizer.param_groups[0]["lr"], rel=1e-6, abs=1e-12), step
+        optimizer.step()
+        scheduler.step()
+    assert learning_rate_at(0, lr, min_lr, warmup, total) == pytest.approx(7.5e-9)
+    assert learning_rate_at(total, lr, min_lr, warmup, total) == pytest.approx(min_lr)
+    assert learning_rate_at(total + 7, lr, min_lr, warmup, total) == pytest.approx(min_lr)
+
+
+def test_groups_follow_the_official_rule(tiny_tcl):
+    decay, no_decay = parameter_groups(tiny_tcl, weight_decay=0.05)
+    named = {id(p): n for n, p in tiny_tcl.named_parameters()}
+    decay_names = {named[id(p)] for p in decay["params"]}
+    no_decay_names = {named[id(p)] for p in no_decay["params"]}
+    # 0-dim scalars are decayed, as in the official code (TCL_SPEC §8.7)
+    assert {"image_loss.logit_scale", "region_loss.logit_scale", "masker.sim2mask.w",
+            "masker.sim2mask.b", "masker.decoder.stages.0.block1.gate"} <= decay_names
+    assert "masker.head.proj" in decay_names and "masker.decoder.stages.0.block1.conv.weight" in decay_names
+    assert "masker.head.ln.weight" in no_decay_names and "masker.decoder.stages.0.block1.conv.bias" in no_decay_names
+    assert not any(n.startswith("clip.") for n in decay_names | no_decay_names)
+    assert decay["weight_decay"] == 0.05 and no_decay["weight_decay"] == 0.0
+
+
+def test_optimizer_keeps_block_copies_when_built_in_the_decoder_only_phase(tiny_tcl):
+    eventually_trainable = list(tiny_tcl.trainable_parameters())
+    tiny_tcl.set_decoder_only(True)
+    optimizer = build_optimizer(tiny_tcl, lr=1e-3, names=eventually_trainable)
+    count = sum(p.numel() for g in optimizer.param_groups for p in g["params"])
+    tiny_tcl.set_decoder_only(False)
+    assert count == sum(p.numel() for p in tiny_tcl.trainable_parameters().values())
+    assert optimizer.defaults["eps"] == 1e-6

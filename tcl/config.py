@@ -19,6 +19,7 @@ import yaml
 
 from .data.stream import AUGMENTATIONS, StreamConfig
 from .model.tcl import TCLConfig
+from .train.clip_pretraining import ClipPretrainConfig
 
 __all__ = ["ConfigError", "ClipSettings", "Params", "load_params", "from_dict"]
 
@@ -45,6 +46,7 @@ class Params:
     clip: ClipSettings = field(default_factory=ClipSettings)
     model: TCLConfig = field(default_factory=TCLConfig)
     data: StreamConfig = field(default_factory=StreamConfig)
+    prepare_clip: ClipPretrainConfig = field(default_factory=ClipPretrainConfig)
 
 
 _CHECKS = {
@@ -63,6 +65,13 @@ _CHECKS = {
     "data.augment": (lambda v: v in AUGMENTATIONS, f"must be one of {', '.join(AUGMENTATIONS)}"),
     "data.crop_scale_min": (lambda v: 0 < v <= 1, "must be in (0, 1]"),
     "data.context_length": (lambda v: v >= 2, "must be >= 2"),
+    "prepare_clip.steps": (lambda v: v >= 1, "must be >= 1"),
+    "prepare_clip.lr": (lambda v: v > 0, "must be > 0"),
+    "prepare_clip.min_lr": (lambda v: v >= 0, "must be >= 0"),
+    "prepare_clip.warmup_steps": (lambda v: v >= 0, "must be >= 0"),
+    "prepare_clip.weight_decay": (lambda v: v >= 0, "must be >= 0"),
+    "prepare_clip.grad_clip": (lambda v: v > 0, "must be > 0"),
+    "prepare_clip.log_every": (lambda v: v >= 1, "must be >= 1"),
 }
 
 

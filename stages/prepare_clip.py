@@ -1,0 +1,72 @@
+"""DVC stage: produce the frozen CLIP that TCL trains on.
+
+    python stages/prepare_clip.py --params params.yaml --out models/clip
+
+With ``clip.weights`` set (``openai`` or a weights file, the paper setting) the weights are loaded,
+checked and written out; with ``clip.weights: null`` (the built-in synthetic world) a tiny open_clip
+model described by ``clip.model`` is trained from scratch, contrastively, on the ``data`` stream for
+``prepare_clip.steps`` steps. Writes ``clip.pt`` + ``clip.json`` and ``metrics.json``, atomically.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    parser.add_argument("--params", type=Path, default=Path("params.yaml"), help="parameter file (params.yaml)")
+    parser.add_argument("--out", type=Path, default=Path("models/clip"), help="output folder (models/clip)")
+    parser.add_argument("--steps", type=int, help="override prepare_clip.steps (quick runs)")
+    args = parser.parse_args(argv)
+
+    import torch
+
+    from tcl.atomic import write_json_atomic
+    from tcl.config import ConfigError, load_params
+    from tcl.data.stream import StreamError, TrainingStream, build_loader
+    from tcl.model import WeightsError, create_clip
+    from tcl.train.clip_pretraining import pretrain_clip, save_clip
+
+    try:
+        params = load_params(args.params)
+        if args.steps is not None:
+            if args.steps < 1:
+                raise ConfigError(f"--steps must be >= 1, got {args.steps}")
+            params = replace(params, prepare_clip=replace(params.prepare_clip, steps=args.steps))
+        args.out.mkdir(parents=True, exist_ok=True)
+        if params.clip.weights is not None:
+            print(f"loading CLIP {params.clip.model} weights from {params.clip.weights} ...", flush=True)
+            clip = create_clip(params.clip.model, params.clip.weights)
+            metrics = {"source": str(params.clip.weights)}
+        else:
+            torch.manual_seed(params.data.seed)
+            clip = create_clip(params.clip.model)
+            size = sum(p.numel() for p in clip.parameters()) / 1e6
+            print(f"training a {size:.2f} M-parameter CLIP from scratch for {params.prepare_clip.steps} steps",
+                  flush=True)
+            batches = iter(build_loader(TrainingStream(params.data)))
+
+            def log(record: dict) -> None:
+                print(f"step {record['step']}/{params.prepare_clip.steps} loss {record['loss']:.4f} "
+                      f"acc {record['accuracy']:.3f} lr {record['lr']:.2e} {record['samples_per_s']:.0f} samples/s "
+                      f"eta {record['eta_s']:.0f} s", flush=True)
+
+            metrics = {"source": "trained from scratch", **pretrain_clip(clip, batches, params.prepare_clip, log)}
+        save_clip(args.out, clip, params.clip.model)
+        write_json_atomic(args.out / "metrics.json", metrics)
+    except (ConfigError, StreamError, WeightsError, FloatingPointError, OSError) as err:
+        print(f"prepare_clip: error: {err}", file=sys.stderr)
+        return 2
+    print(f"wrote {args.out / 'clip.pt'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

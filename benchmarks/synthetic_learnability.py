@@ -3,6 +3,7 @@
 Usage (after `stages/synthetic.py` and `stages/download.py` have produced data/synthetic/...):
     python benchmarks/synthetic_learnability.py --minutes 5
     python benchmarks/synthetic_learnability.py --minutes 5 --patch-size 8 --width 128 --layers 4
+    python benchmarks/synthetic_learnability.py --clip models/clip   # only evaluate prepare_clip's output
 
 Trains an open_clip CLIP (config from params.yaml's ``clip.model``, overridable) with the standard
 contrastive loss on the training stream of params.yaml's ``data`` section, and every
@@ -22,6 +23,7 @@ from __future__ import annotations
 import argparse
 import copy
 import itertools
+import json
 import time
 from pathlib import Path
 
@@ -100,6 +102,7 @@ def main() -> None:
     parser.add_argument("--pool", choices=["tok", "avg"], help="image embedding: class token or mean of patches")
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--clip", type=Path, help="evaluate a saved CLIP (prepare_clip output) instead of training")
     args = parser.parse_args()
 
     torch.manual_seed(0)
@@ -111,7 +114,15 @@ def main() -> None:
         if value is not None:
             vision[key] = value
     vision["image_size"] = params.data.image_size
-    clip = create_clip(cfg).train()
+    if args.clip is not None:
+        from tcl.train.clip_pretraining import load_saved_clip
+
+        clip = load_saved_clip(args.clip)
+        cfg = json.loads((args.clip / "clip.json").read_text())["model"]
+        vision = cfg["vision_cfg"]
+        args.minutes = 0.0
+    else:
+        clip = create_clip(cfg).train()
     depth = vision["layers"]
     tcl_config = TCLConfig(ie_freeze=depth - 1)
     print(f"tiny CLIP: {sum(p.numel() for p in clip.parameters()) / 1e6:.2f} M parameters, vision {vision}")

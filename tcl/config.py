@@ -49,29 +49,37 @@ class Params:
     prepare_clip: ClipPretrainConfig = field(default_factory=ClipPretrainConfig)
 
 
+def _at_least(low: float):
+    return (lambda v: v >= low, f"must be >= {low}")
+
+
+def _above(low: float):
+    return (lambda v: v > low, f"must be > {low}")
+
+
 _CHECKS = {
-    "model.ie_freeze": (lambda v: v >= 1, "must be >= 1"),
-    "model.decoder_stages": (lambda v: v >= 0, "must be >= 0"),
-    "model.gumbel_tau": (lambda v: v > 0, "must be > 0"),
-    "model.text_chunk_size": (lambda v: v >= 1, "must be >= 1"),
-    "model.tcl_w": (lambda v: v >= 0, "must be >= 0"),
-    "model.area_w": (lambda v: v >= 0, "must be >= 0"),
-    "model.tv_w": (lambda v: v >= 0, "must be >= 0"),
-    "data.batch_size": (lambda v: v >= 1, "must be >= 1"),
-    "data.num_workers": (lambda v: v >= 0, "must be >= 0"),
-    "data.shuffle_buffer": (lambda v: v >= 1, "must be >= 1"),
-    "data.shuffle_initial": (lambda v: v >= 1, "must be >= 1"),
-    "data.image_size": (lambda v: v >= 16, "must be >= 16"),
+    "model.ie_freeze": _at_least(1),
+    "model.decoder_stages": _at_least(0),
+    "model.gumbel_tau": _above(0),
+    "model.text_chunk_size": _at_least(1),
+    "model.tcl_w": _at_least(0),
+    "model.area_w": _at_least(0),
+    "model.tv_w": _at_least(0),
+    "data.batch_size": _at_least(1),
+    "data.num_workers": _at_least(0),
+    "data.shuffle_buffer": _at_least(1),
+    "data.shuffle_initial": _at_least(1),
+    "data.image_size": _at_least(16),
     "data.augment": (lambda v: v in AUGMENTATIONS, f"must be one of {', '.join(AUGMENTATIONS)}"),
     "data.crop_scale_min": (lambda v: 0 < v <= 1, "must be in (0, 1]"),
-    "data.context_length": (lambda v: v >= 2, "must be >= 2"),
-    "prepare_clip.steps": (lambda v: v >= 1, "must be >= 1"),
-    "prepare_clip.lr": (lambda v: v > 0, "must be > 0"),
-    "prepare_clip.min_lr": (lambda v: v >= 0, "must be >= 0"),
-    "prepare_clip.warmup_steps": (lambda v: v >= 0, "must be >= 0"),
-    "prepare_clip.weight_decay": (lambda v: v >= 0, "must be >= 0"),
-    "prepare_clip.grad_clip": (lambda v: v > 0, "must be > 0"),
-    "prepare_clip.log_every": (lambda v: v >= 1, "must be >= 1"),
+    "data.context_length": _at_least(2),
+    "prepare_clip.steps": _at_least(1),
+    "prepare_clip.lr": _above(0),
+    "prepare_clip.min_lr": _at_least(0),
+    "prepare_clip.warmup_steps": _at_least(0),
+    "prepare_clip.weight_decay": _at_least(0),
+    "prepare_clip.grad_clip": _above(0),
+    "prepare_clip.log_every": _at_least(1),
 }
 
 

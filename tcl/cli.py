@@ -96,10 +96,11 @@ def _load_images(paths: list[Path]) -> list[tuple[str, object]]:
 def _segment_all(model, images: list[tuple[str, object]], names: list[str], args) -> None:
     from .segment import segment_image
 
+    text_emb = model.build_text_embedding(names, template=args.template)  # once for every image
     for index, (stem, image) in enumerate(images, 1):
         start = time.perf_counter()
-        result = segment_image(model, image, names, short_side=args.short_side, apply_pamr=args.pamr,
-                               kp_w=args.kp_w, bg_thresh=args.bg_thresh, template=args.template)
+        result = segment_image(model, image, names, text_emb, short_side=args.short_side, apply_pamr=args.pamr,
+                               kp_w=args.kp_w, bg_thresh=args.bg_thresh)
         _write_outputs(image, result, stem, args.out)
         print(f"[{index}/{len(images)}] {stem}: {time.perf_counter() - start:.2f} s -> "
               f"{args.out / (stem + '_overlay.png')}", flush=True)

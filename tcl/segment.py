@@ -32,17 +32,18 @@ class Segmentation:
 
 
 @torch.no_grad()
-def segment_image(model: TCL, image: Image.Image, class_names: list[str], *, short_side: int = 448,
-                  apply_pamr: bool = True, kp_w: float = 0.3, bg_thresh: float | None = 0.4,
-                  template: str = "custom") -> Segmentation:
+def segment_image(model: TCL, image: Image.Image, class_names: list[str], text_emb: torch.Tensor, *,
+                  short_side: int = 448, apply_pamr: bool = True, kp_w: float = 0.3,
+                  bg_thresh: float | None = 0.4) -> Segmentation:
+    """Segment ``image`` into ``class_names`` whose embeddings ``text_emb`` [K, D] come from
+    :meth:`TCL.build_text_embedding` (computed once for all images)."""
     rgb = torch.from_numpy(np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0)
     rgb = rgb.permute(2, 0, 1).unsqueeze(0).to(model.pixel_mean.device)
     height, width = rgb.shape[-2:]
     scale = short_side / min(height, width)
     size = (max(1, round(height * scale)), max(1, round(width * scale)))
     resized = F.interpolate(rgb, size=size, mode="bilinear", align_corners=False)
-    text = model.build_text_embedding(class_names, template=template)
-    masks = model.generate_masks(model.normalize(resized), text, apply_pamr=apply_pamr, kp_w=kp_w)
+    masks = model.generate_masks(model.normalize(resized), text_emb, apply_pamr=apply_pamr, kp_w=kp_w)
     names = list(class_names)
     if bg_thresh is not None:
         masks = torch.cat([torch.full_like(masks[:, :1], bg_thresh), masks], dim=1)

@@ -21,7 +21,7 @@ from torch import nn
 
 from ..atomic import atomic_path, write_json_atomic
 from ..model.factory import create_clip
-from .optim import learning_rate_at
+from .optim import learning_rate_at, parameter_groups
 
 __all__ = ["ClipPretrainConfig", "pretrain_clip", "save_clip", "load_saved_clip", "CLIP_WEIGHTS", "CLIP_CONFIG"]
 
@@ -50,10 +50,8 @@ def pretrain_clip(clip: nn.Module, batches: Iterator[dict], config: ClipPretrain
     from open_clip.loss import ClipLoss
 
     loss_fn = ClipLoss()
-    decay = [p for n, p in clip.named_parameters() if p.ndim >= 2]
-    no_decay = [p for n, p in clip.named_parameters() if p.ndim < 2]
-    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": config.weight_decay},
-                                   {"params": no_decay, "weight_decay": 0.0}], lr=config.lr)
+    groups = parameter_groups(clip, config.weight_decay, decay_scalars=False)
+    optimizer = torch.optim.AdamW(groups, lr=config.lr)
     clip.train()
     start, seen, record = time.perf_counter(), 0, {}
     for step in range(config.steps):

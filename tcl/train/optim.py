@@ -16,11 +16,13 @@ __all__ = ["parameter_groups", "build_optimizer", "scaled_learning_rates", "lear
 REFERENCE_BATCH = 4096  # the paper's learning rates are quoted for this global batch
 
 
-def parameter_groups(model: nn.Module, weight_decay: float, names: list[str] | None = None) -> list[dict]:
+def parameter_groups(model: nn.Module, weight_decay: float, names: list[str] | None = None,
+                     decay_scalars: bool = True) -> list[dict]:
     """AdamW groups as in the official code: no decay for 1-D parameters and ``*.bias``; decay for the rest.
 
     The rest includes the 0-dim scalars (both logit scales, Sim2Mask ``w``/``b`` and the decoder
-    gates), which the official code decays too (TCL_SPEC §8.7); kept for fidelity. ``names`` selects
+    gates), which the official code decays too (TCL_SPEC §8.7); kept for fidelity. With
+    ``decay_scalars=False`` they are not decayed (the usual CLIP recipe, for the logit scale). ``names`` selects
     the parameters to optimise (default: every parameter that requires grad). Pass the *eventually*
     trainable ones (the masker's block copies included, even during the decoder-only phase) so that
     one optimizer, built once, serves the whole run.
@@ -30,7 +32,8 @@ def parameter_groups(model: nn.Module, weight_decay: float, names: list[str] | N
     decay, no_decay = [], []
     for name in selected:
         param = named[name]
-        (no_decay if param.ndim == 1 or name.endswith(".bias") else decay).append(param)
+        undecayed = param.ndim == 1 or name.endswith(".bias") or (param.ndim == 0 and not decay_scalars)
+        (no_decay if undecayed else decay).append(param)
     return [{"params": decay, "weight_decay": weight_decay, "group": "decay"},
             {"params": no_decay, "weight_decay": 0.0, "group": "no_decay"}]
 

@@ -51,3 +51,9 @@ def test_optimizer_keeps_block_copies_when_built_in_the_decoder_only_phase(tiny_
     tiny_tcl.set_decoder_only(False)
     assert count == sum(p.numel() for p in tiny_tcl.trainable_parameters().values())
     assert optimizer.defaults["eps"] == 1e-6
+
+
+def test_scalars_can_be_left_undecayed(tiny_tcl):
+    decay, no_decay = parameter_groups(tiny_tcl, weight_decay=0.1, decay_scalars=False)
+    assert all(p.ndim >= 2 for p in decay["params"])
+    assert any(p.ndim == 0 for p in no_decay["params"])  # logit scales, Sim2Mask w/b, gates

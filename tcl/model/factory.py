@@ -56,7 +56,7 @@ def read_weights(path: str | os.PathLike) -> dict[str, Any]:
             loaded = torch.load(path, map_location="cpu", weights_only=True)
         except pickle.UnpicklingError:
             loaded = _load_with_placeholders(path)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, OSError) as err:
+    except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, OSError, KeyError) as err:
         raise WeightsError(f"{path}: not a readable PyTorch weights file, truncated or corrupt "
                            f"({type(err).__name__}: {str(err).strip().splitlines()[0]})") from None
     if not isinstance(loaded, dict):

@@ -105,14 +105,23 @@ class TCL(nn.Module):
             self.masker.blocks.eval()
         return self
 
-    def set_decoder_only(self, decoder_only: bool) -> None:
-        """Switch the decoder-only (UST) phase (TCL_SPEC §3.2): the masker's ViT block copies are
-        frozen while it is on. CLIP is always frozen."""
+    def set_decoder_only(self, decoder_only: bool, freeze: bool = True) -> None:
+        """Switch the decoder-only (UST) phase (TCL_SPEC §3.2): the masker's ViT block copies stay in
+        eval mode and, with ``freeze``, get ``requires_grad=False``. CLIP is always frozen.
+
+        Distributed training passes ``freeze=False``: DDP only registers parameters that require grad
+        when it is built, and the official code's toggling left the block copies un-synchronised
+        after the switch (§8.1). The trainer then discards their gradients during the phase instead.
+        """
         self.decoder_only = decoder_only
         self.clip.requires_grad_(False)
         self.masker.requires_grad_(True)
-        self.masker.blocks.requires_grad_(not decoder_only)
+        self.masker.blocks.requires_grad_(not (decoder_only and freeze))
         self.train(self.training)
+
+    def decoder_only_frozen_parameters(self) -> list[nn.Parameter]:
+        """The parameters the decoder-only phase keeps fixed (the masker's ViT block copies)."""
+        return list(self.masker.blocks.parameters())
 
     def trainable_parameters(self) -> dict[str, nn.Parameter]:
         return {name: p for name, p in self.named_parameters() if p.requires_grad}

@@ -1,0 +1,146 @@
+"""Training checkpoints: what they hold, how they are written, and loading a model from one.
+
+A checkpoint holds only what training changes — the masker and the two loss temperatures, not the
+frozen CLIP (TCL_SPEC §8.19) — plus the optimizer, the gradient scaler, the step, every rank's data
+stream position, the resolved parameters, the CLIP it was trained on (config and weights file) and
+the latest metrics. Everything in it is a tensor or a plain Python value, so it loads with
+``torch.load(weights_only=True)``: no pickled code runs. Files are written to a temporary name and
+renamed, so a crash never leaves a half-written checkpoint behind.
+
+:func:`load_model` also accepts the official ``tcl.pth`` (with the CLIP weights given separately).
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .atomic import atomic_path
+from .model import TCL, TCLConfig, WeightsError, create_clip
+
+__all__ = ["CheckpointError", "FORMAT", "trainable_state", "save_checkpoint", "read_checkpoint",
+           "load_trainable_state", "model_from_checkpoint", "load_model"]
+
+FORMAT = "tcl-training-checkpoint/1"
+_FROZEN_PREFIX = "clip."
+
+
+class CheckpointError(ValueError):
+    """A checkpoint is missing, unreadable, or does not fit the model it is loaded into."""
+
+
+def trainable_state(model: TCL) -> dict[str, torch.Tensor]:
+    """The model's state without the frozen CLIP (masker, temperatures), detached on the CPU."""
+    return {key: value.detach().cpu().clone() for key, value in model.state_dict().items()
+            if not key.startswith(_FROZEN_PREFIX)}
+
+
+def save_checkpoint(path: str | os.PathLike, *, model: TCL, step: int, params: dict, clip: dict,
+                    optimizer: torch.optim.Optimizer | None = None, scaler: dict | None = None,
+                    stream: list[dict] | None = None, metrics: dict | None = None,
+                    extra: dict | None = None) -> Path:
+    """Write a checkpoint atomically.
+
+    ``step`` is the number of optimizer steps done; ``params`` the resolved parameter dict;
+    ``clip`` ``{"model": <open_clip name or config dict>, "weights": <file>}``; ``stream`` one
+    :class:`~tcl.data.stream.StreamState` dict per rank; ``extra`` small plain values (the best
+    metric so far, the MLflow run id, …).
+    """
+    payload = {
+        "format": FORMAT,
+        "step": int(step),
+        "model": trainable_state(model),
+        "params": params,
+        "clip": clip,
+        "optimizer": optimizer.state_dict() if optimizer is not None else None,
+        "scaler": scaler,
+        "stream": stream,
+        "metrics": metrics or {},
+        "extra": extra or {},
+    }
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
+    return path
+
+
+def read_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Read a checkpoint written by :func:`save_checkpoint` (weights-only)."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    try:
+        payload = torch.load(path, map_location=map_location, weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, OSError, KeyError) as err:
+        first_line = "not a PyTorch file" if isinstance(err, KeyError) else \
+            (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise CheckpointError(f"{path}: not a readable checkpoint, truncated or corrupt ({first_line})") from None
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise CheckpointError(f"{path}: not a TCL training checkpoint (for the official tcl.pth use "
+                              "load_model(path, clip_weights=...))")
+    return payload
+
+
+def load_trainable_state(model: TCL, state: dict[str, torch.Tensor], source: str = "checkpoint") -> None:
+    """Load :func:`trainable_state` output into ``model``; any key or shape mismatch is one error."""
+    expected = {key: value.shape for key, value in model.state_dict().items() if not key.startswith(_FROZEN_PREFIX)}
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    mis_shaped = sorted(key for key in set(expected) & set(state) if tuple(state[key].shape) != tuple(expected[key]))
+    if missing or unexpected or mis_shaped:
+        problems = []
+        for label, keys in (("missing", missing), ("unexpected", unexpected), ("mis-shaped", mis_shaped)):
+            if keys:
+                problems.append(f"{len(keys)} {label} (e.g. {keys[0]})")
+        raise CheckpointError(f"{source} was trained with another model config: {', '.join(problems)}; "
+                              "check clip.model and model.* in params.yaml")
+    model.load_state_dict(state, strict=False)
+
+
+def _model_config(params: dict) -> TCLConfig:
+    known = TCLConfig.__dataclass_fields__
+    return TCLConfig(**{key: value for key, value in params.get("model", {}).items() if key in known})
+
+
+def model_from_checkpoint(payload: dict, clip_weights: str | os.PathLike | None = None,
+                          source: str = "checkpoint") -> TCL:
+    """Rebuild the trained model: the recorded CLIP (or ``clip_weights``) plus the saved weights."""
+    weights = clip_weights or payload["clip"].get("weights")
+    if weights is None or not Path(weights).is_file() and str(weights) != "openai":
+        raise CheckpointError(f"{source}: CLIP weights {weights!r} not found; pass the CLIP weights file "
+                              "(--clip-weights, e.g. models/clip/clip.pt)")
+    try:
+        clip = create_clip(payload["clip"]["model"], weights)
+    except WeightsError as err:
+        raise CheckpointError(f"{source}: {err}") from None
+    model = TCL(clip, _model_config(payload["params"]))
+    load_trainable_state(model, payload["model"], source)
+    return model.eval()
+
+
+def load_model(path: str | os.PathLike, clip_weights: str | os.PathLike | None = None,
+               map_location: str | torch.device = "cpu") -> TCL:
+    """A TCL model in eval mode from our training checkpoint or the official ``tcl.pth``.
+
+    Our checkpoints name the CLIP weights they were trained on (``clip_weights`` overrides it); the
+    official checkpoint needs ``clip_weights`` (OpenAI's ``ViT-B-16.pt`` or ``"openai"``) unless it
+    carries the CLIP keys itself.
+    """
+    path = Path(path)
+    try:
+        payload = read_checkpoint(path, map_location)
+    except CheckpointError:
+        if not path.is_file():
+            raise
+        from .compat import load_official_checkpoint  # not ours: try the official layout
+
+        try:
+            return load_official_checkpoint(path, clip_weights=clip_weights).to(map_location)
+        except WeightsError as err:
+            raise CheckpointError(str(err)) from None
+    return model_from_checkpoint(payload, clip_weights, str(path)).to(map_location)

@@ -1,0 +1,116 @@
+"""Where a run is tracked and what it is tagged with: project root, default store, run tags.
+
+The default store is embedded (a SQLite file in the project, artifacts beside it), so tracking works
+without a server; ``MLFLOW_TRACKING_URI`` switches to a real one. Tags identify the code (git commit)
+and the orchestration context (DVC stage and experiment, Prefect flow run) so that the MLflow UI can
+compare runs side by side. Everything here reads the environment and never raises.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import getpass
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+__all__ = ["find_project_root", "default_tracking_uri", "resolve_tracking_uri", "run_tags",
+           "PARENT_RUN_ENV", "PREFECT_FLOW_RUN_ENV", "STAGE_ENV"]
+
+#: Environment variable through which a pipeline hands its parent run id to stage processes.
+PARENT_RUN_ENV = "TCL_MLFLOW_PARENT_RUN_ID"
+#: Prefect flow-run id exported by our flows to the stage processes they launch.
+PREFECT_FLOW_RUN_ENV = "TCL_PREFECT_FLOW_RUN_ID"
+#: Stage name exported by our flows (``dvc repro`` sets ``DVC_STAGE`` itself).
+STAGE_ENV = "TCL_STAGE"
+
+_ROOT_MARKERS = ("params.yaml", "pyproject.toml")
+# Variables DVC sets for stage commands (dvc/stage/run.py, dvc/repo/experiments/queue/base.py).
+_DVC_TAGS = {"DVC_STAGE": "dvc.stage", "DVC_ROOT": "dvc.root", "DVC_EXP_NAME": "dvc.exp_name",
+             "DVC_EXP_BASELINE_REV": "dvc.exp_baseline_rev"}
+
+
+def find_project_root(start: str | os.PathLike | None = None) -> Path:
+    """The project folder: ``DVC_ROOT`` when DVC runs the stage, else the nearest folder at or above
+    ``start`` (default: the cwd) holding ``params.yaml`` or ``pyproject.toml``, else ``start`` itself.
+
+    ``DVC_ROOT`` comes first because a queued ``dvc exp run`` executes in a temporary copy of the
+    workspace and points ``DVC_ROOT`` at the real repository: the embedded store must live there,
+    not in a folder that is deleted after the run.
+    """
+    if start is None and os.environ.get("DVC_ROOT"):
+        return Path(os.environ["DVC_ROOT"]).resolve()
+    here = Path(start or os.getcwd()).resolve()
+    for folder in (here, *here.parents):
+        if any((folder / marker).is_file() for marker in _ROOT_MARKERS):
+            return folder
+    return here
+
+
+def default_tracking_uri(root: str | os.PathLike | None = None) -> str:
+    """The embedded store ``sqlite:///<project root>/mlflow.db`` (artifacts go to ``<root>/mlartifacts``)."""
+    return f"sqlite:///{find_project_root(root) / 'mlflow.db'}"
+
+
+def resolve_tracking_uri(tracking_uri: str | None = None) -> str:
+    """``tracking_uri`` if given, else ``MLFLOW_TRACKING_URI``, else :func:`default_tracking_uri`."""
+    return tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri()
+
+
+def _git(args: list[str], cwd: Path) -> str | None:
+    try:
+        done = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return done.stdout.strip() if done.returncode == 0 else None
+
+
+def _git_tags(root: Path) -> dict[str, str]:
+    commit = _git(["rev-parse", "HEAD"], root)
+    if not commit:
+        return {}
+    tags = {"git.commit": commit, "mlflow.source.git.commit": commit}  # the latter is shown by the MLflow UI
+    status = _git(["status", "--porcelain", "--untracked-files=no"], root)
+    if status is not None:
+        tags["git.dirty"] = str(bool(status)).lower()
+    branch = _git(["rev-parse", "--abbrev-ref", "HEAD"], root)
+    if branch and branch != "HEAD":
+        tags["git.branch"] = branch
+    return tags
+
+
+def _prefect_flow_run_id() -> str | None:
+    explicit = os.environ.get(PREFECT_FLOW_RUN_ENV) or os.environ.get("PREFECT__FLOW_RUN_ID")
+    if explicit:
+        return explicit
+    if "prefect" not in sys.modules:  # never pay for importing Prefect just to learn we are not in a flow
+        return None
+    try:
+        from prefect.runtime import flow_run
+
+        run_id = flow_run.id  # from the flow-run context or env, no API call
+    except Exception:  # any Prefect failure just means "no flow run"
+        return None
+    return str(run_id) if run_id else None
+
+
+def run_tags(stage: str | None = None, root: str | os.PathLike | None = None) -> dict[str, str]:
+    """Tags describing where a run comes from: git commit/dirty/branch, the stage (``stage``, else env
+    ``TCL_STAGE``, else DVC's ``DVC_STAGE``), DVC stage/experiment (``dvc.*``) and the Prefect flow-run
+    id (env ``TCL_PREFECT_FLOW_RUN_ID``, or Prefect's runtime when inside a flow). Missing pieces
+    (no git, not under DVC or Prefect) are simply left out.
+    """
+    tags = _git_tags(find_project_root(root))
+    stage = stage or os.environ.get(STAGE_ENV) or os.environ.get("DVC_STAGE")
+    if stage:
+        tags["tcl.stage"] = stage
+    tags.update({tag: os.environ[var] for var, tag in _DVC_TAGS.items() if os.environ.get(var)})
+    flow_run_id = _prefect_flow_run_id()
+    if flow_run_id:
+        tags["prefect.flow_run_id"] = flow_run_id
+    if sys.argv and sys.argv[0]:
+        tags["mlflow.source.name"] = Path(sys.argv[0]).name
+    with contextlib.suppress(Exception):  # no user name in some containers
+        tags["mlflow.user"] = getpass.getuser()
+    return tags

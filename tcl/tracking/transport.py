@@ -1,0 +1,164 @@
+"""Talking to the tracking store without ever stalling training: reachability probe, bounded HTTP
+retries, client and experiment set-up.
+
+MLflow's HTTP client retries a failed request with exponential backoff for about four minutes by
+default, and reads its limits from process environment variables at every request. We cannot pass
+limits per client, so :func:`http_limits` sets short ones (unless the user set their own) only while
+one of our calls is in flight, reference-counted across threads, and restores the environment after.
+A cheap ``GET /health`` with a short timeout tells "server gone" apart from "request rejected".
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import threading
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+from .values import MAX_PARAMS_TAGS_PER_BATCH, MAX_TAG_VALUE_LENGTH, clean_key
+
+__all__ = ["HTTP_LIMITS", "TrackingWarning", "warn", "is_remote", "probe", "http_limits", "make_client",
+           "ensure_experiment", "artifact_location", "open_run"]
+
+#: Limits applied to our own MLflow HTTP calls: two retries within ~3 s when the server refuses
+#: connections (instead of ~4 min), and 60 s per socket wait (a server may take that long to store a
+#: large checkpoint before answering; a hung server only holds up the background thread meanwhile).
+HTTP_LIMITS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+               "MLFLOW_HTTP_REQUEST_BACKOFF_JITTER": "0.5", "MLFLOW_HTTP_REQUEST_TIMEOUT": "60"}
+
+
+
+class TrackingWarning(UserWarning):
+    """MLflow tracking degraded (server unreachable, a call rejected); training is unaffected."""
+
+
+def warn(message: str) -> None:
+    warnings.warn(message, TrackingWarning, stacklevel=3)
+
+
+_env_lock = threading.Lock()  # os.environ is process-wide: the override below must be too
+_env_users = 0
+_env_set: list[str] = []
+
+
+def is_remote(uri: str) -> bool:
+    return urlparse(uri).scheme in ("http", "https")
+
+
+def probe(uri: str, timeout: float = 3.0) -> str | None:
+    """``None`` when the store at ``uri`` answers, else a one-line reason. Local stores always answer;
+    for a server any HTTP response counts (auth or a proxy may answer 401/404 on ``/health``)."""
+    if not is_remote(uri):
+        return None
+    try:
+        import requests
+    except ImportError:
+        return "the requests package is not installed"
+    try:
+        requests.get(uri.rstrip("/") + "/health", timeout=(min(timeout, 2.0), timeout))
+    except requests.RequestException as err:
+        return f"{type(err).__name__}: {_short(err)}"
+    return None
+
+
+def _short(err: BaseException) -> str:
+    text = " ".join(str(err).split())
+    # urllib3 wraps the real cause in a long repr; keep the tail that says what happened
+    match = re.search(r"(Failed to establish a new connection: .*?\]|Connection refused|timed out|"
+                      r"Connection reset by peer|Name or service not known)", text)
+    return match.group(1) if match else text[:200]
+
+
+@contextmanager
+def http_limits() -> Iterator[None]:
+    """Bound MLflow's HTTP retries/timeouts (:data:`HTTP_LIMITS`) while the block runs; variables the
+    user set are left alone. Overlapping blocks in several threads share one override."""
+    global _env_users
+    with _env_lock:
+        if _env_users == 0:
+            _env_set[:] = [k for k in HTTP_LIMITS if k not in os.environ]
+            os.environ.update({k: HTTP_LIMITS[k] for k in _env_set})
+        _env_users += 1
+    try:
+        yield
+    finally:
+        with _env_lock:
+            _env_users -= 1
+            if _env_users == 0:
+                for key in _env_set:
+                    os.environ.pop(key, None)
+                _env_set.clear()
+
+
+def make_client(uri: str):
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
+def artifact_location(uri: str, experiment: str) -> str | None:
+    """For a SQLite store, ``<folder of the .db>/mlartifacts/<experiment>`` (so artifacts sit beside the
+    database instead of in the cwd's ``./mlruns``); ``None`` (the server's choice) otherwise."""
+    parsed = urlparse(uri)
+    if parsed.scheme != "sqlite" or not parsed.path or parsed.path in ("/", "/:memory:"):
+        return None
+    db = Path(parsed.path[1:])  # sqlite:///rel.db -> "/rel.db", sqlite:////abs.db -> "//abs.db"
+    slug = re.sub(r"[^\w.-]+", "_", experiment).strip("._") or "default"
+    return (db.resolve().parent / "mlartifacts" / slug).as_uri()
+
+
+def ensure_experiment(client, uri: str, name: str) -> str:
+    """The id of experiment ``name``, created (with :func:`artifact_location`) if missing; a concurrent
+    creation by another process is tolerated."""
+    from mlflow.exceptions import MlflowException
+
+    found = client.get_experiment_by_name(name)
+    if found is not None:
+        if found.lifecycle_stage == "deleted":
+            client.restore_experiment(found.experiment_id)
+        return found.experiment_id
+    try:
+        return client.create_experiment(name, artifact_location=artifact_location(uri, name))
+    except MlflowException:
+        found = client.get_experiment_by_name(name)  # created meanwhile by a parallel stage
+        if found is None:
+            raise
+        return found.experiment_id
+
+
+def open_run(client, uri: str, run_name: str, experiment: str | None, parent_run_id: str | None,
+             tags: dict[str, Any], resume_run_id: str | None) -> tuple[str, str]:
+    """Create (or reopen) the run; returns ``(run_id, experiment_id)``."""
+    from mlflow.exceptions import MlflowException
+
+    tags = {clean_key(k): str(v)[:MAX_TAG_VALUE_LENGTH] for k, v in tags.items()}
+    if resume_run_id:
+        try:
+            run = client.get_run(resume_run_id)
+        except MlflowException:
+            warn(f"MLflow run {resume_run_id} to resume not found in {uri}; starting a new run {run_name!r}")
+        else:
+            from mlflow.entities import RunTag
+
+            client.update_run(resume_run_id, status="RUNNING")
+            client.log_batch(resume_run_id, tags=[RunTag(k, v) for k, v in tags.items()][:MAX_PARAMS_TAGS_PER_BATCH])
+            return resume_run_id, run.info.experiment_id
+    parent_experiment = None
+    if parent_run_id:
+        try:
+            parent_experiment = client.get_run(parent_run_id).info.experiment_id
+            tags["mlflow.parentRunId"] = parent_run_id
+        except MlflowException:
+            warn(f"MLflow parent run {parent_run_id} not found in {uri}; run {run_name!r} is not nested")
+    if experiment is None and parent_experiment is not None:
+        experiment_id = parent_experiment
+    else:
+        experiment_id = ensure_experiment(client, uri, experiment or os.environ.get("MLFLOW_EXPERIMENT_NAME") or "tcl")
+    run = client.create_run(experiment_id, tags=tags, run_name=run_name)
+    return run.info.run_id, experiment_id
+

@@ -1,0 +1,96 @@
+"""The ``evaluate:`` section of ``params.yaml``: protocol, settings, data roots and speed knobs.
+
+Validated by :mod:`tcl.config` (unknown keys, wrong types and impossible values fail with one line
+naming the dotted key). ``setting`` is the one switch between the paper's two evaluation settings
+(TCL_SPEC §4.2): ``official`` (PAMR on, bg_thresh 0.4, kp_w 0.3, ``custom`` templates, Table 2) and
+``no_pamr`` (PAMR off, bg_thresh 0.5, the appendix table). ``pamr``, ``bg_thresh``, ``kp_w`` and
+``template`` left at ``null`` take the setting's value; set them to override it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+__all__ = ["Protocol", "Protocols", "DataRoots", "EvalConfig", "Settings", "SETTINGS", "PRECISIONS"]
+
+PRECISIONS = ("fp32", "bf16", "fp16")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Inference settings of one evaluation (what every number depends on besides the model)."""
+
+    pamr: bool
+    bg_thresh: float
+    kp_w: float
+    template: str
+
+
+SETTINGS: dict[str, Settings] = {
+    "official": Settings(pamr=True, bg_thresh=0.4, kp_w=0.3, template="custom"),
+    "no_pamr": Settings(pamr=False, bg_thresh=0.5, kp_w=0.3, template="custom"),
+}
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """Test-time geometry (TCL_SPEC §4.1): mmseg ``Resize(scale=(long_side, short_side),
+    keep_ratio=True)``, then ``crop``-sized sliding windows every ``stride`` pixels."""
+
+    short_side: int = 448
+    long_side: int = 2048
+    crop: int = 448
+    stride: int = 224
+
+
+@dataclass(frozen=True)
+class Protocols:
+    """``paper``: the real benchmarks (448/2048/448/224). ``synthetic``: the built-in world, whose
+    128-px images and 96-px tiny CLIP want a proportionally smaller geometry."""
+
+    paper: Protocol = field(default_factory=Protocol)
+    synthetic: Protocol = field(default_factory=lambda: Protocol(short_side=96, long_side=439, crop=96, stride=48))
+
+
+@dataclass(frozen=True)
+class DataRoots:
+    """Dataset folders, relative to the project root (mmseg's standard layouts; see the registry)."""
+
+    voc: str = "data/VOCdevkit/VOC2012"
+    context: str = "data/VOCdevkit/VOC2010"
+    coco_stuff: str = "data/coco_stuff164k"
+    coco_object: str = "data/coco_object"  # stages/convert_coco_object.py output; images from coco_stuff
+    cityscapes: str = "data/cityscapes"
+    ade20k: str = "data/ade/ADEChallengeData2016"
+    synthetic_voc: str = "data/synthetic/VOCdevkit/VOC2012"
+    synthetic_coco_stuff: str = "data/synthetic/coco_stuff164k"
+    synthetic_coco_object: str = "data/synthetic/coco_object"
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    setting: str = "official"
+    pamr: bool | None = None
+    bg_thresh: float | None = None
+    kp_w: float | None = None
+    template: str | None = None
+    protocols: Protocols = field(default_factory=Protocols)
+    data_roots: DataRoots = field(default_factory=DataRoots)
+    benchmarks: tuple[str, ...] = ("synthetic_voc", "synthetic_voc20", "synthetic_coco_stuff",
+                                   "synthetic_coco_object")
+    bg_thresh_candidates: tuple[float, ...] = (0.3, 0.35, 0.4, 0.45, 0.5, 0.55, 0.6)
+    window_batch: int = 16  # sliding windows per forward pass (from one or several images)
+    image_batch: int = 4  # images whose windows are batched together
+    num_workers: int = 2  # data-loader processes (decode + resize)
+    precision: str = "fp32"  # fp32 | bf16 | fp16 autocast (GPU option, checked against fp32)
+    overlays: int = 4  # qualitative image | ground truth | prediction panels per benchmark
+
+    def settings(self) -> Settings:
+        """The setting's values with this config's explicit overrides applied."""
+        base = SETTINGS[self.setting]
+        return Settings(
+            pamr=base.pamr if self.pamr is None else self.pamr,
+            bg_thresh=base.bg_thresh if self.bg_thresh is None else self.bg_thresh,
+            kp_w=base.kp_w if self.kp_w is None else self.kp_w,
+            template=base.template if self.template is None else self.template,
+        )

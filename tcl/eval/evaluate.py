@@ -1,0 +1,171 @@
+"""Evaluate a model on a registered benchmark with the paper's protocol (TCL_SPEC §4), fast.
+
+Per benchmark: mmseg's dataset and test pipeline (:mod:`.datasets`), class-name text embeddings
+computed once, images decoded and resized by data-loader workers, the sliding windows of several
+images batched through the model (:mod:`.sliding`), a constant background channel where the dataset
+has background, the bilinear resize to the original size and arg-max (:func:`tcl.segment.labels_at`),
+and mmseg's ``IoUMetric`` (:mod:`.metric`). Under ``torch.distributed`` every rank takes every
+world-size-th image and the area totals are all-reduced, so all ranks return the dataset's numbers.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from PIL import Image
+from torch.utils.data import DataLoader
+
+from ..distributed import get_rank, get_world_size, is_distributed
+from ..segment import labels_at, with_background
+from ..visualize import save_atomic
+from .benchmarks import Benchmark, get_benchmark
+from .config import EvalConfig, Protocol
+from .datasets import EvalDataError, EvalSamples, build_dataset, class_names
+from .metric import AreaTotals
+from .overlays import comparison_panel
+from .sliding import sliding_window_scores_many
+
+__all__ = ["evaluate_benchmark", "sweep_bg_thresh"]
+
+
+def _device_of(model) -> torch.device:
+    tensor = next(iter(model.parameters()), None)
+    if tensor is None:
+        tensor = next(iter(model.buffers()))
+    return tensor.device
+
+
+def _to_input(model, image_bgr: np.ndarray, device: torch.device) -> torch.Tensor:
+    """HWC uint8 BGR (mmcv's decode) → ImageNet-normalised RGB [1, 3, H, W]."""
+    rgb = torch.from_numpy(np.ascontiguousarray(image_bgr[..., ::-1])).to(device)
+    return model.normalize(rgb.permute(2, 0, 1)[None].float() / 255.0)
+
+
+def _collate(items: list[dict]) -> list[dict]:
+    return items
+
+
+def _run(model, bench: Benchmark, config: EvalConfig, thresholds: list[float | None], *, root, limit,
+         overlay_dir, progress) -> tuple[list[AreaTotals], dict]:
+    """Score the benchmark once and accumulate IoU totals for each background threshold."""
+    protocol: Protocol = getattr(config.protocols, bench.protocol)
+    settings = config.settings()
+    dataset = build_dataset(bench, config.data_roots, protocol, root)
+    classes = list(dataset.metainfo["classes"])
+    names = class_names(dataset, bench.with_background)
+    device = _device_of(model)
+    text_emb = model.build_text_embedding(names, settings.template).float()  # once per benchmark, fp32
+    count = len(dataset) if limit is None else min(limit, len(dataset))
+    rank, world = get_rank(), get_world_size()
+    samples = EvalSamples(dataset, list(range(rank, count, world)))
+    loader = DataLoader(samples, batch_size=config.image_batch, num_workers=config.num_workers,
+                        collate_fn=_collate, persistent_workers=False)
+    totals = [AreaTotals(classes) for _ in thresholds]
+    overlays, done = [], 0
+    start = time.perf_counter()
+    for batch in loader:
+        for item in batch:
+            if "error" in item:
+                raise EvalDataError(f"benchmark {bench.name!r}: {item['error']}")
+        images = [_to_input(model, item["image"], device) for item in batch]
+        scores = sliding_window_scores_many(
+            model, images, text_emb, crop=protocol.crop, stride=protocol.stride, apply_pamr=settings.pamr,
+            kp_w=settings.kp_w, bg_thresh=None, window_batch=config.window_batch,
+            precision=config.precision)
+        for item, score in zip(batch, scores, strict=True):
+            gt = torch.from_numpy(item["gt"].astype(np.int64)).to(device)
+            for total, thresh in zip(totals, thresholds, strict=True):
+                pred = labels_at(with_background(score, thresh), tuple(gt.shape))
+                total.add(pred, gt)
+            if overlay_dir is not None and rank == 0 and len(overlays) < config.overlays:
+                with Image.open(item["img_path"]) as original:
+                    panel = comparison_panel(original, item["gt"], pred.cpu().numpy(), classes, bench.with_background)
+                path = Path(overlay_dir) / f"{bench.name}_{Path(item['img_path']).stem}.png"
+                save_atomic(panel, path)
+                overlays.append(str(path))
+        done += len(batch)
+        if progress is not None and rank == 0:
+            progress(done, len(samples))
+    seconds = time.perf_counter() - start
+    for total in totals:
+        total.all_reduce()
+    if is_distributed():
+        packed = torch.tensor([seconds], dtype=torch.float64)
+        if dist.get_backend() == "nccl":
+            packed = packed.to(device)
+        dist.all_reduce(packed, op=dist.ReduceOp.MAX)
+        seconds = float(packed.item())
+    info = {"protocol": protocol, "settings": settings, "dataset": dataset, "names": names, "seconds": seconds,
+            "overlays": overlays, "device": device}
+    return totals, info
+
+
+def _settings_record(bench: Benchmark, config: EvalConfig, info: dict, bg_thresh: float | None) -> dict:
+    protocol, settings = info["protocol"], info["settings"]
+    return {
+        "setting": config.setting, "pamr": settings.pamr, "bg_thresh": bg_thresh, "kp_w": settings.kp_w,
+        "template": settings.template, "short_side": protocol.short_side, "long_side": protocol.long_side,
+        "crop": protocol.crop, "stride": protocol.stride, "with_background": bench.with_background,
+        "reduce_zero_label": bool(info["dataset"].reduce_zero_label), "precision": config.precision,
+        "window_batch": config.window_batch, "image_batch": config.image_batch, "num_workers": config.num_workers,
+        "world_size": get_world_size(), "device": str(info["device"]), "dataset": bench.dataset,
+        "data_root": getattr(config.data_roots, bench.root), "split": bench.split or None,
+    }
+
+
+def _with_mode(model, fn):
+    was_training = model.training
+    model.eval()
+    try:
+        return fn()
+    finally:
+        model.train(was_training)
+
+
+def evaluate_benchmark(model, name: str, config: EvalConfig, *, root: str | Path = ".", limit: int | None = None,
+                       overlay_dir: str | Path | None = None, print_table: bool = True,
+                       progress: Callable[[int, int], None] | None = None) -> dict:
+    """Evaluate ``model`` on benchmark ``name`` (see :data:`tcl.eval.BENCHMARKS`) with ``config``.
+
+    ``root`` is the project root the data roots are relative to; ``limit`` evaluates only the first
+    images (quick checks); ``overlay_dir`` receives ``config.overlays`` qualitative PNG panels;
+    ``print_table`` prints mmseg's per-class table (rank 0). Returns ``benchmark, miou, aacc, macc,
+    per_class_iou, per_class_acc, settings, images_per_s, seconds, num_images, overlays``.
+    """
+    bench = get_benchmark(name)
+    model = getattr(model, "module", model)  # a DistributedDataParallel wrapper: evaluate the model inside
+    bg_thresh = config.settings().bg_thresh if bench.with_background else None
+    totals, info = _with_mode(model, lambda: _run(model, bench, config, [bg_thresh], root=root, limit=limit,
+                                                  overlay_dir=overlay_dir, progress=progress))
+    total = totals[0]
+    if print_table and get_rank() == 0:
+        total.print_table(bench.name)
+    return {"benchmark": bench.name, **total.summary(), "num_images": total.images,
+            "images_per_s": round(total.images / max(info["seconds"], 1e-9), 4), "seconds": round(info["seconds"], 3),
+            "settings": _settings_record(bench, config, info, bg_thresh), "overlays": info["overlays"]}
+
+
+def sweep_bg_thresh(model, name: str, config: EvalConfig, candidates: list[float] | None = None, *,
+                    root: str | Path = ".", limit: int | None = None) -> dict:
+    """mIoU of a background benchmark for each candidate ``bg_thresh``, scoring every image once.
+
+    Meant for a *training* split (``t_synthetic_voc``): thresholds are chosen there, never on the
+    reported validation sets. Returns ``{"benchmark", "candidates": {thresh: miou}, "best", "best_miou"}``
+    (the lowest threshold among equals wins).
+    """
+    bench = get_benchmark(name)
+    if not bench.with_background:
+        raise ValueError(f"benchmark {name!r} has no background class: bg_thresh does not apply")
+    model = getattr(model, "module", model)
+    candidates = sorted(set(candidates if candidates is not None else config.bg_thresh_candidates))
+    totals, info = _with_mode(model, lambda: _run(model, bench, config, candidates, root=root, limit=limit,
+                                                  overlay_dir=None, progress=None))
+    mious = {thresh: total.summary()["miou"] for thresh, total in zip(candidates, totals, strict=True)}
+    best = max(candidates, key=lambda t: (mious[t] if mious[t] is not None else -1.0, -t))
+    return {"benchmark": bench.name, "candidates": mious, "best": best, "best_miou": mious[best],
+            "settings": _settings_record(bench, config, info, None)}

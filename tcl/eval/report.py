@@ -1,0 +1,109 @@
+"""One table of all evaluated benchmarks (markdown + JSON) from the per-benchmark metrics files.
+
+The mean is taken over the benchmarks evaluated on their reporting split; training-split
+benchmarks (``t_*``, used for model selection and thresholds) are listed but kept out of it, so the
+mean can be compared with the paper's average over its eight benchmarks (TCL_SPEC §7).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from .benchmarks import BENCHMARKS
+
+__all__ = ["ReportError", "collect_results", "collect_baselines", "build_report", "render_markdown"]
+
+
+class ReportError(ValueError):
+    """No metrics files, or one that is not an evaluation result."""
+
+
+def collect_results(folder: str | os.PathLike) -> list[dict]:
+    """Every ``*.json`` evaluation result in ``folder``, in registry order (unknown names last)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise ReportError(f"{folder} not found: run stages/evaluate.py first (it writes <folder>/<benchmark>.json)")
+    results = []
+    for path in sorted(folder.glob("*.json")):
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError) as err:
+            raise ReportError(f"{path}: not readable JSON ({err})") from None
+        if not isinstance(data, dict) or "benchmark" not in data or "miou" not in data:
+            raise ReportError(f"{path}: not an evaluation result (no 'benchmark' / 'miou')")
+        results.append(data)
+    if not results:
+        raise ReportError(f"no evaluation results (*.json) in {folder}")
+    order = {name: i for i, name in enumerate(BENCHMARKS)}
+    return sorted(results, key=lambda r: (order.get(r["benchmark"], len(order)), r["benchmark"]))
+
+
+def collect_baselines(folder: str | os.PathLike) -> dict[str, list[dict]]:
+    """Baseline results by kind: ``folder/<kind>/<benchmark>.json`` (e.g. step0, maskclip)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise ReportError(f"{folder} not found: run stages/evaluate.py --baseline ... first")
+    return {sub.name: collect_results(sub) for sub in sorted(folder.iterdir())
+            if sub.is_dir() and any(sub.glob("*.json"))}
+
+
+def build_report(results: list[dict], baselines: dict[str, list[dict]] | None = None) -> dict:
+    """Rows (benchmark, mIoU, aAcc, images, images/s, settings, and ``miou_<kind>`` of each baseline
+    evaluated on the same benchmark) and the means over the reporting benchmarks."""
+    baselines = baselines or {}
+    by_kind = {kind: {r["benchmark"]: r["miou"] for r in kind_results} for kind, kind_results in baselines.items()}
+    rows = []
+    for r in results:
+        settings = r.get("settings", {})
+        bench = BENCHMARKS.get(r["benchmark"])
+        rows.append({
+            "benchmark": r["benchmark"], "miou": r["miou"], "aacc": r.get("aacc"), "num_images": r.get("num_images"),
+            "images_per_s": r.get("images_per_s"), "setting": settings.get("setting"), "pamr": settings.get("pamr"),
+            "kp_w": settings.get("kp_w"), "bg_thresh": settings.get("bg_thresh"), "model": r.get("model"),
+            "training_split": bool(bench.training_split) if bench else r["benchmark"].startswith("t_"),
+            **{f"miou_{kind}": values.get(r["benchmark"]) for kind, values in by_kind.items()},
+        })
+    counted = [row for row in rows if not row["training_split"] and row["miou"] is not None]
+
+    def mean(key: str) -> float | None:
+        values = [row[key] for row in counted if row[key] is not None]
+        return round(sum(values) / len(values), 2) if values else None
+
+    return {"rows": rows, "mean": {"miou": mean("miou"), "aacc": mean("aacc"),
+                                   **{f"miou_{kind}": mean(f"miou_{kind}") for kind in by_kind},
+                                   "benchmarks": [row["benchmark"] for row in counted]},
+            "baselines": list(by_kind)}
+
+
+def render_markdown(report: dict) -> str:
+    def cell(value) -> str:
+        if value is None:
+            return "–"
+        return f"{value:.2f}" if isinstance(value, float) else str(value)
+
+    kinds = report.get("baselines", [])
+    extra = "".join(f" {kind} mIoU |" for kind in kinds)
+    lines = [f"| benchmark | mIoU |{extra} aAcc | images | images/s | setting | PAMR | kp_w | bg_thresh |",
+             "|---|---:|" + "---:|" * len(kinds) + "---:|---:|---:|---|---|---:|---:|"]
+    for row in report["rows"]:
+        name = f"{row['benchmark']} (train split)" if row["training_split"] else row["benchmark"]
+        base = "".join(f" {cell(row.get(f'miou_{kind}'))} |" for kind in kinds)
+        lines.append(f"| {name} | {cell(row['miou'])} |{base} {cell(row['aacc'])} | {cell(row['num_images'])} | "
+                     f"{cell(row['images_per_s'])} | {cell(row['setting'])} | {cell(row['pamr'])} | "
+                     f"{cell(row['kp_w'])} | {cell(row['bg_thresh'])} |")
+    mean = report["mean"]
+    base = "".join(f" {cell(mean.get(f'miou_{kind}'))} |" for kind in kinds)
+    lines.append(f"| **mean** ({len(mean['benchmarks'])}) | **{cell(mean['miou'])}** |{base} {cell(mean['aacc'])} "
+                 "| | | | | | |")
+    models = {json.dumps(row["model"], sort_keys=True) for row in report["rows"] if row["model"]}
+    notes = ["", "mIoU and aAcc ×100 (mmseg IoUMetric). The means leave out training-split benchmarks."]
+    if kinds:
+        notes.append("Baselines: step0 = TCL before training (MaskCLIP-style), maskclip = the CLIP's own dense "
+                     "features (KP branch alone, no PAMR).")
+    if len(models) > 1:
+        notes.append("Warning: the rows come from different models.")
+    if len(models) == 1:
+        notes.append(f"Model: `{next(iter(models))}`.")
+    return "\n".join(lines + notes) + "\n"

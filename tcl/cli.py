@@ -1,7 +1,9 @@
-"""``tcl`` command line: segment images with a TCL model.
+"""``tcl`` command line: segment your own images with free-form phrases.
 
-``tcl segment`` uses the released official checkpoint with OpenAI CLIP weights; ``tcl demo`` runs
-the same code path offline on a tiny randomly initialised model and a generated image.
+``tcl predict`` segments image files, folders or URLs with a trained checkpoint (ours, or the
+official ``tcl.pth`` with OpenAI CLIP weights); ``tcl serve-demo`` serves the same as a web page;
+``tcl demo`` runs the code path offline on the model that ``params.yaml`` describes and a generated
+image. ``tcl segment`` is an alias of ``tcl predict``.
 """
 
 from __future__ import annotations
@@ -9,50 +11,77 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
-__all__ = ["main"]
+__all__ = ["main", "build_parser"]
 
 
-def _class_list(text: str) -> list[str]:
-    path = Path(text)
-    items = path.read_text().splitlines() if path.is_file() else text.split(",")
-    names = [item.strip() for item in items if item.strip()]
-    if not names:
-        raise argparse.ArgumentTypeError("no class names given (comma-separated, or a file with one per line)")
-    return names
+def _phrase_list(text: str) -> list[str]:
+    from .inference import InputError, parse_phrases
+
+    try:
+        return parse_phrases(text, allow_file=True)
+    except InputError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
 
 
 def _add_inference_options(parser: argparse.ArgumentParser) -> None:
+    from .inference import DEFAULT_MAX_PIXELS
+
     parser.add_argument("--short-side", type=int, default=448, help="resize so the short side is this (448)")
+    parser.add_argument("--sliding", action="store_true",
+                        help="score 448-px windows with stride 224 as the benchmarks do (default: whole image)")
+    parser.add_argument("--crop", type=int, default=448, help="sliding-window size (448)")
+    parser.add_argument("--stride", type=int, default=224, help="sliding-window stride (224)")
     parser.add_argument("--no-pamr", dest="pamr", action="store_false", help="skip PAMR refinement")
     parser.add_argument("--kp-w", type=float, default=0.3, help="weight of the MaskCLIP KP branch (0.3)")
     parser.add_argument("--bg-thresh", type=float, default=0.4,
-                        help="background wins where every class score is below this (0.4; 0.5 without PAMR)")
+                        help="background wins where every phrase scores below this (0.4; 0.5 without PAMR)")
     parser.add_argument("--no-background", dest="bg_thresh", action="store_const", const=None,
-                        help="predict only the given classes")
+                        help="predict only the given phrases")
     parser.add_argument("--template", default="custom", help="prompt-template set (custom, simple, ...)")
-    parser.add_argument("--out", type=Path, default=Path("outputs/segment"), help="output folder")
+    parser.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS,
+                        help=f"refuse larger images (width x height; {DEFAULT_MAX_PIXELS})")
+    parser.add_argument("--device", default="cpu", help="torch device (cpu)")
+
+
+def _add_model_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--checkpoint", required=True, type=Path,
+                        help="our training checkpoint (models/tcl/best.pt) or the official tcl.pth")
+    parser.add_argument("--clip-weights", default=None,
+                        help="CLIP weights: required for tcl.pth (ViT-B-16.pt, or 'openai' to download); "
+                             "overrides the file a training checkpoint names")
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tcl", description=__doc__.split("\n\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
 
-    segment = commands.add_parser("segment", help="segment images with the official TCL checkpoint",
-                                  description="Segment images with the released tcl.pth and OpenAI "
-                                              "ViT-B/16 CLIP weights; writes an overlay PNG with a "
-                                              "legend, the label-map PNG and class fractions (JSON).")
-    segment.add_argument("images", nargs="+", type=Path, help="image files")
-    segment.add_argument("--classes", required=True, type=_class_list,
+    predict = commands.add_parser(
+        "predict", aliases=["segment"], help="segment images with free-form phrases",
+        description="Segment images (files, folders, http(s) URLs) into the given phrases. Writes per "
+                    "image <stem>_overlay.png (colour overlay + legend), <stem>_labels.png (label map: "
+                    "pixel value = index into the class list, background first) and <stem>_fractions.json.")
+    predict.add_argument("images", nargs="+", help="image files, folders of images, or http(s) URLs")
+    predict.add_argument("--phrases", "--classes", dest="phrases", required=True, type=_phrase_list,
                          help="comma-separated class names or phrases, or a file with one per line")
-    segment.add_argument("--checkpoint", required=True, type=Path, help="official tcl.pth")
-    segment.add_argument("--clip-weights", default=None,
-                         help="OpenAI ViT-B-16.pt (state dict or TorchScript), or 'openai' to download")
-    _add_inference_options(segment)
+    _add_model_options(predict)
+    _add_inference_options(predict)
+    predict.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for a URL (30)")
+    predict.add_argument("--out", type=Path, default=Path("outputs/predict"), help="output folder")
 
-    demo = commands.add_parser("demo", help="offline smoke run on a tiny random model",
-                               description="Runs `tcl segment`'s code path on the model that "
+    serve = commands.add_parser(
+        "serve-demo", help="web page: upload an image, type phrases, see the overlay",
+        description="Serve a one-page web demo of the model over HTTP (stop with Ctrl-C).")
+    _add_model_options(serve)
+    _add_inference_options(serve)
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (127.0.0.1)")
+    serve.add_argument("--port", type=int, default=7860, help="port (7860; 0 picks a free one)")
+
+    demo = commands.add_parser("demo", help="offline smoke run on the params.yaml model",
+                               description="Runs `tcl predict`'s code path on the model that "
                                            "params.yaml describes (by default a tiny, randomly "
                                            "initialised CLIP) and a generated image, offline. With "
                                            "random weights the masks are meaningless: this checks "
@@ -60,59 +89,67 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--params", type=Path, default=Path("params.yaml"),
                       help="parameter file whose clip/model sections define the model (params.yaml)")
     _add_inference_options(demo)
-    demo.set_defaults(out=Path("outputs/demo"))
+    demo.add_argument("--out", type=Path, default=Path("outputs/demo"), help="output folder")
     return parser
 
 
-def _write_outputs(image, result, stem: str, out: Path) -> None:
-    import numpy as np
-    from PIL import Image
+def _options(args):
+    from .inference import PredictOptions
 
-    from .atomic import write_json_atomic
-    from .visualize import overlay_with_legend, palette, save_atomic
-
-    colours = palette(len(result.names), background=result.names[0] == "background")
-    save_atomic(overlay_with_legend(image, result.labels, result.names, colours), out / f"{stem}_overlay.png")
-    save_atomic(Image.fromarray(result.labels.astype(np.uint8 if len(result.names) < 256 else np.uint16)),
-                out / f"{stem}_labels.png")
-    write_json_atomic(out / f"{stem}_fractions.json", {"classes": result.names, "fractions": result.fractions()})
+    return PredictOptions(short_side=args.short_side, pamr=args.pamr, kp_w=args.kp_w, bg_thresh=args.bg_thresh,
+                          template=args.template, sliding=args.sliding, crop=args.crop, stride=args.stride,
+                          max_pixels=args.max_pixels)
 
 
-def _load_images(paths: list[Path]) -> list[tuple[str, object]]:
-    from PIL import Image, UnidentifiedImageError
+def _load_predictor(args):
+    from .inference import Predictor, load_inference_model
 
-    images = []
-    for path in paths:
-        if not path.is_file():
-            raise ValueError(f"image not found: {path}")
-        try:
-            with Image.open(path) as image:
-                images.append((path.stem, image.convert("RGB")))
-        except (UnidentifiedImageError, OSError) as err:
-            raise ValueError(f"cannot read image {path}: {err}") from None
-    return images
-
-
-def _segment_all(model, images: list[tuple[str, object]], names: list[str], args) -> None:
-    from .segment import segment_image
-
-    text_emb = model.build_text_embedding(names, template=args.template)  # once for every image
-    for index, (stem, image) in enumerate(images, 1):
-        start = time.perf_counter()
-        result = segment_image(model, image, names, text_emb, short_side=args.short_side, apply_pamr=args.pamr,
-                               kp_w=args.kp_w, bg_thresh=args.bg_thresh)
-        _write_outputs(image, result, stem, args.out)
-        print(f"[{index}/{len(images)}] {stem}: {time.perf_counter() - start:.2f} s -> "
-              f"{args.out / (stem + '_overlay.png')}", flush=True)
-
-
-def _run_segment(args) -> None:
-    from .compat import load_official_checkpoint
-
-    images = _load_images(args.images)
+    options = _options(args)  # invalid options fail before the model loads
     print(f"loading {args.checkpoint} ...", flush=True)
-    model = load_official_checkpoint(args.checkpoint, clip_weights=args.clip_weights)
-    _segment_all(model, images, args.classes, args)
+    start = time.perf_counter()
+    model = load_inference_model(args.checkpoint, clip_weights=args.clip_weights, device=args.device)
+    print(f"model ready in {time.perf_counter() - start:.1f} s", flush=True)
+    return Predictor(model, options)
+
+
+def _predict_all(predictor, items: list[tuple[str, Callable]], phrases: list[str], out: Path) -> None:
+    """Segment each (stem, image loader) and write its outputs, printing the time per image. Images
+    are loaded one at a time, so a folder of photos never sits in memory at once."""
+    from .inference import write_outputs
+
+    start = time.perf_counter()
+    predictor.text_embedding(phrases, predictor.options.template)  # once, before the images (cached)
+    print(f"encoded {len(phrases)} phrase(s) in {time.perf_counter() - start:.2f} s", flush=True)
+    total = 0.0
+    for index, (stem, load) in enumerate(items, 1):
+        image = load()
+        start = time.perf_counter()
+        result = predictor.segment(image, phrases)
+        paths = write_outputs(image, result, stem, out)
+        seconds = time.perf_counter() - start
+        total += seconds
+        top = max(result.fractions().items(), key=lambda kv: kv[1])
+        print(f"[{index}/{len(items)}] {stem} ({image.width}x{image.height}): {seconds:.2f} s, "
+              f"largest: {top[0]} {top[1]:.0%} -> {paths['overlay']}", flush=True)
+    print(f"{len(items)} image(s), {total / len(items):.2f} s per image on average", flush=True)
+
+
+def _run_predict(args) -> None:
+    from .inference import resolve_sources
+
+    sources = resolve_sources(args.images)
+    for source in sources:  # unreadable or too-large local files fail before the model loads
+        source.probe(args.max_pixels)
+    predictor = _load_predictor(args)
+    items = [(source.stem, partial(source.read, args.max_pixels, args.timeout)) for source in sources]
+    _predict_all(predictor, items, args.phrases, args.out)
+
+
+def _run_serve_demo(args) -> None:
+    from .serving.demo import serve_demo
+
+    predictor = _load_predictor(args)
+    serve_demo(predictor, host=args.host, port=args.port)
 
 
 def _run_demo(args) -> None:
@@ -121,9 +158,11 @@ def _run_demo(args) -> None:
     from PIL import Image, ImageDraw
 
     from .config import load_params
+    from .inference import Predictor
     from .model import create_clip, create_tcl
 
     params = load_params(args.params)
+    options = _options(args)
     torch.manual_seed(0)
     print(f"building TCL from {args.params} (clip weights: {params.clip.weights or 'random init'}) ...",
           flush=True)
@@ -132,7 +171,8 @@ def _run_demo(args) -> None:
     draw = ImageDraw.Draw(canvas)
     draw.ellipse([30, 40, 140, 150], fill=(220, 40, 40))
     draw.rectangle([180, 60, 290, 200], fill=(40, 90, 220))
-    _segment_all(model, [("demo", canvas)], ["red circle", "blue square"], args)
+    _predict_all(Predictor(model.to(args.device), options), [("demo", lambda: canvas)], ["red circle", "blue square"],
+                 args.out)
     if params.clip.weights is None:
         print("demo done (random CLIP weights: the masks are not meaningful; see README for real models)")
     else:
@@ -141,16 +181,18 @@ def _run_demo(args) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from .checkpoint import CheckpointError
     from .model import WeightsError
 
+    runners = {"predict": _run_predict, "segment": _run_predict, "serve-demo": _run_serve_demo, "demo": _run_demo}
     try:
-        if args.command == "segment":
-            _run_segment(args)
-        else:
-            _run_demo(args)
-    except (WeightsError, ValueError, OSError) as err:
+        runners[args.command](args)
+    except (CheckpointError, WeightsError, ValueError, OSError) as err:
         print(f"tcl: error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("tcl: interrupted", file=sys.stderr)
+        return 130
     return 0
 
 

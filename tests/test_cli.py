@@ -1,12 +1,21 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from tcl.cli import main
+from tests.inference.conftest import scene, serve_folder, write_tiny_checkpoint
+
+
+@pytest.fixture(scope="module")
+def tiny_checkpoint(tmp_path_factory) -> Path:
+    return write_tiny_checkpoint(tmp_path_factory.mktemp("tiny_tcl"))
 
 
 def test_demo_runs_offline_and_writes_its_outputs(tmp_path, capsys):
@@ -18,19 +27,68 @@ def test_demo_runs_offline_and_writes_its_outputs(tmp_path, capsys):
     assert (tmp_path / "demo_overlay.png").stat().st_size > 0 and (tmp_path / "demo_labels.png").exists()
 
 
-def test_bad_input_gives_one_line_errors(tmp_path, capsys):
+def test_predict_files_folders_and_urls(tmp_path, tiny_checkpoint, capsys):
+    (tmp_path / "photos").mkdir()
+    scene(seed=1).save(tmp_path / "photos" / "one.png")
+    scene(80, 80, seed=2).convert("RGB").save(tmp_path / "photos" / "two.jpg")
+    (tmp_path / "web").mkdir()
+    scene(64, 48, seed=3).save(tmp_path / "web" / "remote.png")
+    (tmp_path / "phrases.txt").write_text("red disc\nblue square\n")
+    out = tmp_path / "out"
+    with serve_folder(tmp_path / "web") as base:
+        assert main(["predict", str(tmp_path / "photos"), f"{base}/remote.png", "--phrases",
+                     str(tmp_path / "phrases.txt"), "--checkpoint", str(tiny_checkpoint), "--short-side", "64",
+                     "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert re.search(r"\[1/3\] one \(96x72\): \d+\.\d\d s", printed)
+    assert re.search(r"\[3/3\] remote \(64x48\): \d+\.\d\d s", printed)
+    assert re.search(r"3 image\(s\), \d+\.\d\d s per image on average", printed)
+    for stem, size in (("one", (96, 72)), ("two", (80, 80)), ("remote", (64, 48))):
+        labels = Image.open(out / f"{stem}_labels.png")
+        assert labels.size == size and np.asarray(labels).max() <= 2
+        fractions = json.loads((out / f"{stem}_fractions.json").read_text())
+        assert fractions["classes"] == ["background", "red disc", "blue square"]
+        assert Image.open(out / f"{stem}_overlay.png").height > size[1]
+
+    # `segment` is an alias; sliding windows and no background.
+    assert main(["segment", str(tmp_path / "photos" / "one.png"), "--classes", "red disc, blue square",
+                 "--checkpoint", str(tiny_checkpoint), "--short-side", "64", "--sliding", "--crop", "48",
+                 "--stride", "24", "--no-background", "--no-pamr", "--out", str(out)]) == 0
+    fractions = json.loads((out / "one_fractions.json").read_text())
+    assert fractions["classes"] == ["red disc", "blue square"]
+
+
+def test_bad_input_gives_one_line_errors(tmp_path, tiny_checkpoint, capsys):
+    def error(*argv: str) -> str:
+        assert main(["predict", *argv]) == 2
+        err = capsys.readouterr().err.strip()
+        assert "\n" not in err and "Traceback" not in err
+        return err
+
     (tmp_path / "not_an_image.png").write_text("hello")
-    assert main(["segment", str(tmp_path / "missing.jpg"), "--classes", "cat", "--checkpoint", "x.pth"]) == 2
-    assert capsys.readouterr().err.strip() == f"tcl: error: image not found: {tmp_path / 'missing.jpg'}"
-    assert main(["segment", str(tmp_path / "not_an_image.png"), "--classes", "cat",
-                 "--checkpoint", str(tmp_path / "absent.pth")]) == 2
-    err = capsys.readouterr().err.strip()
-    assert err.startswith(f"tcl: error: cannot read image {tmp_path / 'not_an_image.png'}") and "\n" not in err
-    Image.new("RGB", (8, 8)).save(tmp_path / "ok.png")
-    assert main(["segment", str(tmp_path / "ok.png"), "--classes", "cat",
-                 "--checkpoint", str(tmp_path / "absent.pth")]) == 2
-    err = capsys.readouterr().err.strip()
-    assert err == f"tcl: error: weights file not found: {tmp_path / 'absent.pth'}"
+    ckpt = ["--checkpoint", str(tiny_checkpoint)]
+    assert error(str(tmp_path / "missing.jpg"), "--phrases", "cat", *ckpt) == \
+        f"tcl: error: image not found: {tmp_path / 'missing.jpg'}"
+    assert error(str(tmp_path / "not_an_image.png"), "--phrases", "cat", "--checkpoint", "absent.pth") == \
+        f"tcl: error: cannot read image {tmp_path / 'not_an_image.png'}: not an image file PIL can decode " \
+        "(PNG, JPEG, ...)"
+    scene().save(tmp_path / "ok.png")
+    assert error(str(tmp_path / "ok.png"), "--phrases", "cat", "--checkpoint", str(tmp_path / "absent.pth")) == \
+        f"tcl: error: checkpoint not found: {tmp_path / 'absent.pth'}"
+    assert error(str(tmp_path / "ok.png"), "--phrases", "cat", *ckpt, "--max-pixels", "1000") == \
+        f"tcl: error: {tmp_path / 'ok.png'}: image too large (96x72 = 6912 pixels; the limit is 1000)"
+    assert error(str(tmp_path / "ok.png"), "--phrases", "cat", *ckpt, "--kp-w", "2") == \
+        "tcl: error: kp_w must be in [0, 1], got 2.0"
+    assert error(str(tmp_path / "ok.png"), "--phrases", "cat", "--checkpoint", str(tmp_path / "not_an_image.png")) \
+        .startswith(f"tcl: error: {tmp_path / 'not_an_image.png'}: not a readable")
+    # A checkpoint whose weights do not fit the model its parameters describe.
+    payload = torch.load(write_tiny_checkpoint(tmp_path / "other", ie_freeze=1), weights_only=True)
+    payload["params"] = {"model": {"ie_freeze": 2}}
+    torch.save(payload, tmp_path / "mismatch.pt")
+    err = error(str(tmp_path / "ok.png"), "--phrases", "cat", "--checkpoint", str(tmp_path / "mismatch.pt"))
+    assert err.startswith(f"tcl: error: {tmp_path / 'mismatch.pt'} was trained with another model config")
+    assert error("http://127.0.0.1:9/photo.png", "--phrases", "cat", *ckpt, "--timeout", "5") \
+        .startswith("tcl: error: cannot fetch http://127.0.0.1:9/photo.png")
 
 
 def test_demo_reports_invalid_parameters(tmp_path, capsys):
@@ -43,8 +101,8 @@ def test_demo_reports_invalid_parameters(tmp_path, capsys):
     assert capsys.readouterr().err.strip() == "tcl: error: model.tv_w: expected float, got list [1]"
 
 
-def test_empty_class_list_is_a_usage_error(capsys):
+def test_empty_phrase_list_is_a_usage_error(capsys):
     with pytest.raises(SystemExit) as exit_info:
-        main(["segment", "x.png", "--classes", " , ", "--checkpoint", "x.pth"])
+        main(["predict", "x.png", "--phrases", " , ", "--checkpoint", "x.pth"])
     assert exit_info.value.code == 2
-    assert "no class names given" in capsys.readouterr().err
+    assert "no phrases given" in capsys.readouterr().err

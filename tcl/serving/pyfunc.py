@@ -1,0 +1,241 @@
+"""The registered MLflow model: a pyfunc that segments images into free-form phrases.
+
+Input: a pandas DataFrame with one row per image, column ``image`` (base64 PNG/JPEG bytes, a
+``data:`` URL prefix is accepted) and column ``phrases`` (comma-separated string or list of
+strings). Per-request ``params`` (declared in the signature, so ``mlflow models serve`` accepts them):
+``bg_thresh``, ``background``, ``pamr``, ``kp_w``, ``short_side``, ``sliding``, ``template`` and
+``label_format`` (``array``: 2-D int list; ``png``: base64 greyscale PNG). Output: one dict per row
+with ``classes`` (background first when predicted), ``labels`` (the label map, indices into
+``classes``), ``fractions``, ``height``, ``width`` and ``seconds``.
+
+Artifacts: the checkpoint and, where the model needs one, the CLIP weights file. The ``tcl`` package
+is stored with the model (``code_paths``), so the logged model serves the code it was logged with.
+The pixel limit is part of the model config, not a request parameter: clients cannot raise it.
+Bad input raises ``MlflowException`` (HTTP 400 with the one-line message); the server keeps serving.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import os
+import time
+from dataclasses import asdict, fields, replace
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import numpy as np
+import pandas as pd
+from mlflow.exceptions import MlflowException
+from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
+
+from ..inference import DEFAULT_MAX_BYTES, InputError, PredictOptions, Predictor, decode_base64_image, label_image
+
+__all__ = ["TCLSegmentationModel", "save_segmentation_model", "log_segmentation_model", "segmentation_signature",
+           "encode_image", "decode_label_map"]
+
+# Request parameters → PredictOptions fields (``background`` = False sets bg_thresh to None).
+_REQUEST_PARAMS = ("bg_thresh", "pamr", "kp_w", "short_side", "sliding", "template")
+_LABEL_FORMATS = ("array", "png")
+
+
+def encode_image(image) -> str:
+    """Base64 PNG of a PIL image, a numpy array, or the bytes of an encoded image file."""
+    from PIL import Image
+
+    if isinstance(image, bytes | bytearray):
+        return base64.b64encode(image).decode("ascii")
+    if isinstance(image, np.ndarray):
+        image = Image.fromarray(image)
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def decode_label_map(value) -> np.ndarray:
+    """A returned ``labels`` value (2-D list, or base64 PNG with ``label_format=png``) as an int array."""
+    from PIL import Image
+
+    if isinstance(value, str):
+        with Image.open(io.BytesIO(base64.b64decode(value))) as image:
+            return np.asarray(image).astype(np.int64)
+    return np.asarray(value, dtype=np.int64)
+
+
+def segmentation_signature(options: PredictOptions | None = None):
+    """Input columns ``image`` (string) and ``phrases`` (string or list), and the request params
+    with ``options`` (default: :class:`PredictOptions`) as their defaults."""
+    from mlflow.models import ModelSignature
+    from mlflow.types.schema import AnyType, ColSpec, ParamSchema, ParamSpec, Schema
+
+    options = options or PredictOptions()
+    bg = options.bg_thresh
+    params = [
+        ParamSpec("bg_thresh", "double", 0.4 if bg is None else bg),
+        ParamSpec("background", "boolean", bg is not None),
+        ParamSpec("pamr", "boolean", options.pamr),
+        ParamSpec("kp_w", "double", options.kp_w),
+        ParamSpec("short_side", "long", options.short_side),
+        ParamSpec("sliding", "boolean", options.sliding),
+        ParamSpec("template", "string", options.template),
+        ParamSpec("label_format", "string", "array"),
+    ]
+    inputs = Schema([ColSpec("string", "image"), ColSpec(AnyType(), "phrases")])
+    return ModelSignature(inputs=inputs, params=ParamSchema(params))
+
+
+def _invalid(message: str) -> MlflowException:
+    return MlflowException(message, error_code=INVALID_PARAMETER_VALUE)
+
+
+class TCLSegmentationModel(mlflow.pyfunc.PythonModel):
+    """MLflow pyfunc wrapper around :class:`tcl.inference.Predictor` (see the module docstring)."""
+
+    def load_context(self, context) -> None:
+        from ..inference import load_inference_model
+
+        config = dict(context.model_config or {})
+        self.max_bytes = int(config.pop("max_bytes", DEFAULT_MAX_BYTES))
+        device = config.pop("device", "cpu")
+        known = {f.name for f in fields(PredictOptions)}
+        options = PredictOptions(**{k: v for k, v in config.items() if k in known})
+        clip_weights = context.artifacts.get("clip_weights") or config.get("clip_weights")
+        model = load_inference_model(context.artifacts["checkpoint"], clip_weights=clip_weights, device=device)
+        self.predictor = Predictor(model, options)
+
+    def _options(self, params: dict[str, Any] | None) -> tuple[PredictOptions, str]:
+        params = dict(params or {})
+        label_format = params.pop("label_format", "array")
+        if label_format not in _LABEL_FORMATS:
+            raise InputError(f"label_format must be one of {_LABEL_FORMATS}, got {label_format!r}")
+        changes = {k: params[k] for k in _REQUEST_PARAMS if k in params and params[k] is not None}
+        if params.get("background") is False:
+            changes["bg_thresh"] = None
+        if "short_side" in changes:
+            changes["short_side"] = int(changes["short_side"])
+        return replace(self.predictor.options, **changes), label_format
+
+    # The DataFrame hint keeps MLflow on the explicit signature (no type-hint inference or warning).
+    def predict(self, context, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+        try:
+            options, label_format = self._options(params)
+            frame = model_input if isinstance(model_input, pd.DataFrame) else pd.DataFrame(model_input)
+            missing = [c for c in ("image", "phrases") if c not in frame.columns]
+            if missing:
+                raise InputError(f"input needs columns 'image' and 'phrases'; missing {missing}")
+            outputs = []
+            for row, (value, phrases) in enumerate(zip(frame["image"], frame["phrases"], strict=True)):
+                if isinstance(value, bytes):
+                    value = value.decode("ascii", "replace")
+                image = decode_base64_image(value, f"row {row}", self.predictor.options.max_pixels,
+                                            self.max_bytes)
+                start = time.perf_counter()
+                try:
+                    result = self.predictor.segment(image, phrases, options)
+                except InputError as err:
+                    raise InputError(f"row {row}: {err}") from None
+                labels = result.labels if label_format == "array" else encode_image(label_image(result))
+                outputs.append({"classes": result.names, "labels": labels, "fractions": result.fractions(),
+                                "height": image.height, "width": image.width,
+                                "seconds": round(time.perf_counter() - start, 4)})
+            return outputs
+        except InputError as err:
+            raise _invalid(str(err)) from None
+
+
+def save_segmentation_model(path: str | os.PathLike, checkpoint: str | os.PathLike, *,
+                            clip_weights: str | os.PathLike | None = None, options: PredictOptions | None = None,
+                            max_bytes: int = DEFAULT_MAX_BYTES, input_example: bool = True) -> Path:
+    """Write the segmentation pyfunc to the new folder ``path`` (an MLflow model: ``MLmodel``, the
+    checkpoint and CLIP weights as artifacts, the ``tcl`` code, pinned requirements).
+
+    ``checkpoint``: our training checkpoint or the official ``tcl.pth``. ``clip_weights``: by default
+    the file our checkpoint names; required for ``tcl.pth`` ("openai" is not stored: it is downloaded
+    when the model loads). The model is loaded once first, so a checkpoint that does not fit raises
+    ``CheckpointError`` here rather than when serving.
+    """
+    from ..checkpoint import CheckpointError, read_checkpoint
+    from ..inference import load_inference_model
+
+    checkpoint, options = Path(checkpoint), options or PredictOptions()
+    if clip_weights is None:
+        try:  # our checkpoint names its CLIP weights; the official tcl.pth does not
+            clip_weights = read_checkpoint(checkpoint)["clip"].get("weights")
+        except CheckpointError:
+            clip_weights = None  # not ours (or unreadable): load_inference_model below says which
+    load_inference_model(checkpoint, clip_weights=clip_weights)
+
+    artifacts = {"checkpoint": str(checkpoint)}
+    config = {**asdict(options), "max_bytes": int(max_bytes)}
+    if clip_weights is not None and str(clip_weights) != "openai":
+        artifacts["clip_weights"] = str(clip_weights)
+    elif clip_weights is not None:
+        config["clip_weights"] = "openai"
+    example = None
+    if input_example:
+        example = pd.DataFrame({"image": [encode_image(np.full((32, 32, 3), 127, np.uint8))], "phrases": ["cat, dog"]})
+    mlflow.pyfunc.save_model(str(path), python_model=str(Path(__file__).with_name("pyfunc_entry.py")),
+                             artifacts=artifacts, model_config=config,
+                             signature=segmentation_signature(options), input_example=example,
+                             code_paths=[str(Path(__file__).resolve().parents[1])],  # the tcl package
+                             pip_requirements=_requirements())
+    return Path(path)
+
+
+def log_segmentation_model(checkpoint: str | os.PathLike, *, clip_weights: str | os.PathLike | None = None,
+                           options: PredictOptions | None = None, run_id: str | None = None,
+                           registered_name: str | None = None, alias: str | None = None,
+                           artifact_path: str = "model", tracking_uri: str | None = None,
+                           experiment: str = "tcl", max_bytes: int = DEFAULT_MAX_BYTES) -> dict[str, str | None]:
+    """Log the segmentation pyfunc (:func:`save_segmentation_model`) as ``artifact_path`` of run
+    ``run_id`` (or of a new run ``segmentation-model`` in ``experiment``), optionally register it as a
+    new version of ``registered_name`` and point ``alias`` at it.
+
+    The store is ``tracking_uri``, else ``MLFLOW_TRACKING_URI``, else the project's embedded SQLite
+    store (:func:`tcl.tracking.resolve_tracking_uri`); an explicit client is used, so MLflow's global
+    state is left alone. Unlike the training tracker this raises on failure: the caller asked for a
+    model. Returns ``{"run_id", "model_uri", "version"}`` (``model_uri``: ``models:/name@alias``,
+    ``models:/name/version`` or ``runs:/run/artifact_path``).
+    """
+    import tempfile
+
+    from ..tracking import register_model, resolve_tracking_uri
+    from ..tracking.transport import ensure_experiment, make_client
+
+    uri = resolve_tracking_uri(tracking_uri)
+    with tempfile.TemporaryDirectory(prefix="tcl-pyfunc-") as tmp:
+        model_dir = save_segmentation_model(Path(tmp) / artifact_path, checkpoint, clip_weights=clip_weights,
+                                            options=options, max_bytes=max_bytes)
+        client = make_client(uri)  # only now: a bad checkpoint leaves no store or run behind
+        created = run_id is None
+        if created:
+            run_id = client.create_run(ensure_experiment(client, uri, experiment),
+                                       run_name="segmentation-model").info.run_id
+        try:
+            client.log_artifacts(run_id, str(model_dir), artifact_path)
+        except Exception:
+            if created:
+                client.set_terminated(run_id, "FAILED")
+            raise
+        if created:
+            client.set_terminated(run_id)
+    model_uri, version = f"runs:/{run_id}/{artifact_path}", None
+    if registered_name:
+        version = register_model(run_id, artifact_path, registered_name, alias=alias, tracking_uri=uri, strict=True)
+        model_uri = f"models:/{registered_name}@{alias}" if alias else f"models:/{registered_name}/{version}"
+    return {"run_id": run_id, "model_uri": model_uri, "version": version}
+
+
+def _requirements() -> list[str]:
+    """Pinned pip requirements of the serving environment (what the model imports)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    pins = []
+    for package in ("mlflow", "torch", "torchvision", "open_clip_torch", "timm", "pillow", "numpy", "pandas",
+                    "ftfy", "regex", "pyyaml"):
+        try:
+            pins.append(f"{package}=={version(package)}")
+        except PackageNotFoundError:
+            pins.append(package)
+    return pins

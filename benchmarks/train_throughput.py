@@ -2,7 +2,7 @@
 
     python benchmarks/train_throughput.py                               # params.yaml's tiny CLIP, its batch
     python benchmarks/train_throughput.py --clip-model ViT-B-16-quickgelu --image-size 224 \\
-        --ie-freeze 11 --batch 2 --steps 5                              # the paper's model, batch 2
+        --ie-freeze 11 --decoder-stages 2 --batch 2 --steps 5           # the paper's model, batch 2
 
 Runs :meth:`tcl.train.trainer.Trainer.train_step` (the real step: forward, all six losses, backward,
 clipping, AdamW) on random images and captions, so the number is the model's cost without data
@@ -68,6 +68,7 @@ def main() -> None:
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
     parser.add_argument("--clip-model", help="open_clip model name (default: params.yaml's clip.model)")
     parser.add_argument("--ie-freeze", type=int, help="override model.ie_freeze (11 for ViT-B/16)")
+    parser.add_argument("--decoder-stages", type=int, help="override model.decoder_stages (2 for ViT-B/16)")
     parser.add_argument("--image-size", type=int, help="override data.image_size (224 for the paper)")
     parser.add_argument("--batch", type=int, help="per-process batch (default: data.batch_size)")
     parser.add_argument("--precision", default=None, help="override train.precision (auto, fp32, bf16, fp16)")
@@ -80,7 +81,8 @@ def main() -> None:
     params = load_params(args.params)
     clip_model = args.clip_model or params.clip.model
     params = replace(params, clip=replace(params.clip, model=clip_model),
-                     model=replace(params.model, ie_freeze=args.ie_freeze or params.model.ie_freeze),
+                     model=replace(params.model, ie_freeze=args.ie_freeze or params.model.ie_freeze,
+                                   decoder_stages=args.decoder_stages or params.model.decoder_stages),
                      data=replace(params.data, batch_size=args.batch or params.data.batch_size,
                                   image_size=args.image_size or params.data.image_size),
                      train=replace(params.train, precision=args.precision or params.train.precision,

@@ -324,18 +324,25 @@ class Trainer:
                                      step=self.step)
 
     def _validate(self) -> None:
-        from ..eval import evaluate_benchmark
+        """mIoU on the training-split benchmarks. Where a background threshold applies and
+        ``evaluate.bg_thresh`` is not fixed, it is chosen on that split from
+        ``evaluate.bg_thresh_candidates`` (one scoring pass), as the pipeline does before evaluating."""
+        from ..eval import evaluate_benchmark, get_benchmark, sweep_bg_thresh
 
-        self.model.eval()
-        results = {}
+        config = self.params.evaluate
+        results, thresholds = {}, {}
         for name in self.cfg.val_benchmarks:
-            result = evaluate_benchmark(self.model, name, self.params.evaluate, root=self.root, print_table=False)
-            results[f"val/{name}_miou"] = result["miou"]
+            if get_benchmark(name).with_background and config.bg_thresh is None:
+                sweep = sweep_bg_thresh(self.model, name, config, root=self.root)
+                results[f"val/{name}_miou"], thresholds[name] = sweep["best_miou"], sweep["best"]
+            else:
+                result = evaluate_benchmark(self.model, name, config, root=self.root, print_table=False)
+                results[f"val/{name}_miou"] = result["miou"]
         results["val/avg_miou"] = sum(results.values()) / len(results)
-        self.model.train()
         self.val_metrics = results
-        self.log("validation at step {}: {}".format(
-            self.step, ", ".join(f"{k.removeprefix('val/')} {v:.2f}" for k, v in results.items())))
+        chosen = "".join(f", {name} bg_thresh {value}" for name, value in thresholds.items())
+        self.log("validation at step {}: {}{}".format(
+            self.step, ", ".join(f"{k.removeprefix('val/')} {v:.2f}" for k, v in results.items()), chosen))
         if self.runtime.is_main:
             self.val_curve.append({"step": self.step, **{k.removeprefix("val/"): v for k, v in results.items()}})
             self.tracker.log_metrics(results, step=self.step)

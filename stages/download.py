@@ -3,13 +3,16 @@
     python stages/download.py --list data/cc3m/Train_GCC-training.tsv --out data/gcc3m \\
         --prefix gcc-train- --stats metrics/download_gcc3m.json
     python stages/download.py --list data/cc12m/cc12m.tsv --out data/cc12m --prefix cc- --processes 16
+    python stages/download.py --params params.yaml --source cc3m --stats metrics/download/cc3m.json
 
 The list is a TSV (CC3M's caption<TAB>url, CC12M's url<TAB>caption, with or without a header) or a
 parquet file; the column order is detected. Shards are <prefix>000000.tar, ... holding .jpg, .txt
 and .json per sample; a shard gets its final name only when complete, so an interrupted run
 resumes when the same command is run again. --serve-root serves a folder on 127.0.0.1 for lists of
 relative paths (the built-in synthetic corpus). --distributor pyspark or ray (when installed) hands
-the shards to img2dataset's Spark or Ray distributor instead of local processes.
+the shards to img2dataset's Spark or Ray distributor instead of local processes. With --params and
+--source, the defaults of every option come from that entry of the file's download.sources section
+(what the DVC stage download@<name> runs); options given on the command line still win.
 """
 
 from __future__ import annotations
@@ -34,6 +37,27 @@ def _key_value(text: str) -> tuple[str, object]:
         raise argparse.ArgumentTypeError(f"{key}: cannot parse value {value!r}") from err
 
 
+def _defaults_from_params(parser: argparse.ArgumentParser, params_file: Path, name: str) -> str | None:
+    """Set the parser's defaults from ``download.sources.<name>`` of ``params_file``; an error message or None."""
+    from tcl.config import ConfigError, load_params
+
+    try:
+        sources = load_params(params_file).download.sources
+    except ConfigError as err:
+        return str(err)
+    if name not in sources:
+        return f"--source {name!r} is not in download.sources of {params_file} (there: {', '.join(sources)})"
+    src = sources[name]
+    root = Path(src.root)
+    parser.set_defaults(
+        url_list=root / src.list, out=Path(src.out), prefix=src.prefix, serve_root=root if src.serve else None,
+        image_size=src.image_size, resize_mode=src.resize_mode, resize_only_if_bigger=src.resize_only_if_bigger,
+        encode_format=src.encode_format, encode_quality=src.encode_quality, samples_per_shard=src.samples_per_shard,
+        processes=src.processes or os.cpu_count() or 1, threads=src.threads, timeout=src.timeout,
+        retries=src.retries, distributor=src.distributor, set=list(src.extra.items()))
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     # Imported here, not at the top: img2dataset's spawned workers re-import this file, and ``tcl``
     # would load torch and open_clip into each of them for nothing (about 2 s per worker).
@@ -41,9 +65,12 @@ def main(argv: list[str] | None = None) -> int:
 
     parser = argparse.ArgumentParser(prog="download", description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
-    parser.add_argument("--list", type=Path, required=True, dest="url_list",
-                        help="TSV (optionally .gz) or parquet of (url, caption) pairs, either column order")
-    parser.add_argument("--out", type=Path, required=True, help="folder for the shards")
+    parser.add_argument("--params", type=Path, default=None, help="parameter file (with --source)")
+    parser.add_argument("--source", default=None, help="entry of download.sources in --params to take settings from")
+    parser.add_argument("--list", type=Path, dest="url_list",
+                        help="TSV (optionally .gz) or parquet of (url, caption) pairs, either column order (required "
+                             "unless --source)")
+    parser.add_argument("--out", type=Path, help="folder for the shards (required unless --source)")
     parser.add_argument("--prefix", default="", help="shard name prefix, e.g. gcc-train- or cc- (none)")
     parser.add_argument("--stats", type=Path, default=None, help="stats JSON to write (a DVC metrics file)")
     parser.add_argument("--serve-root", type=Path, default=None,
@@ -67,6 +94,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--set", type=_key_value, action="append", default=[], metavar="KEY=VALUE",
                         help="any other img2dataset.download argument, YAML value (e.g. min_image_size=64)")
     args = parser.parse_args(argv)
+    if args.source is not None:
+        error = _defaults_from_params(parser, args.params or Path("params.yaml"), args.source)
+        if error:
+            print(f"download: error: {error}", file=sys.stderr)
+            return 2
+        args = parser.parse_args(argv)  # again: the command line wins over the file
+    if args.url_list is None or args.out is None:
+        parser.error("--list and --out are required (or --source with --params)")
 
     try:
         stats = download_shards(
@@ -82,6 +117,11 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("download: interrupted; run the same command again to resume", file=sys.stderr)
         return 130
+    from tcl.pipeline.runs import stage_run
+
+    with stage_run("download") as tracker:  # a child of the pipeline's MLflow run under make run / the flow
+        tracker.set_tags({"download.source": args.source or str(args.url_list), "download.out": str(args.out)})
+        tracker.log_metrics({k: v for k, v in stats.items() if isinstance(v, int | float) and not isinstance(v, bool)})
     print(f"download: {stats['samples_succeeded']} of {stats['samples_attempted']} samples in {stats['shards']} "
           f"shards ({stats['shard_bytes'] / 1e6:.1f} MB) under {args.out}; this run "
           f"{stats['samples_attempted_now']} samples, {stats['throughput_samples_per_s']:.1f} samples/s")

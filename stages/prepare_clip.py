@@ -32,8 +32,10 @@ def main(argv: list[str] | None = None) -> int:
     from tcl.config import ConfigError, load_params
     from tcl.data.stream import StreamError, TrainingStream, build_loader
     from tcl.model import WeightsError, create_clip
+    from tcl.pipeline.runs import stage_run
     from tcl.train.clip_pretraining import pretrain_clip, save_clip
 
+    tracker = None
     try:
         params = load_params(args.params)
         if args.steps is not None:
@@ -41,6 +43,8 @@ def main(argv: list[str] | None = None) -> int:
                 raise ConfigError(f"--steps must be >= 1, got {args.steps}")
             params = replace(params, prepare_clip=replace(params.prepare_clip, steps=args.steps))
         args.out.mkdir(parents=True, exist_ok=True)
+        tracker = stage_run("prepare_clip")  # a child of the pipeline's MLflow run under make run / the flow
+        tracker.log_params({"clip": params.clip, "prepare_clip": params.prepare_clip, "data": params.data})
         if params.clip.weights is not None:
             print(f"loading CLIP {params.clip.model} weights from {params.clip.weights} ...", flush=True)
             clip = create_clip(params.clip.model, params.clip.weights)
@@ -57,11 +61,17 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"step {record['step']}/{params.prepare_clip.steps} loss {record['loss']:.4f} "
                       f"acc {record['accuracy']:.3f} lr {record['lr']:.2e} {record['samples_per_s']:.0f} samples/s "
                       f"eta {record['eta_s']:.0f} s", flush=True)
+                tracker.log_metrics({f"clip/{k}": v for k, v in record.items() if k not in ("step", "eta_s")},
+                                    step=record["step"])
 
             metrics = {"source": "trained from scratch", **pretrain_clip(clip, batches, params.prepare_clip, log)}
         save_clip(args.out, clip, params.clip.model)
         write_json_atomic(args.out / "metrics.json", metrics)
+        tracker.log_dict(metrics, "clip/metrics.json")
+        tracker.finish()
     except (ConfigError, StreamError, WeightsError, FloatingPointError, OSError) as err:
+        if tracker is not None:
+            tracker.finish("FAILED")
         print(f"prepare_clip: error: {err}", file=sys.stderr)
         return 2
     print(f"wrote {args.out / 'clip.pt'}")

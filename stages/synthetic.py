@@ -1,6 +1,7 @@
 """DVC stage: generate the built-in synthetic world, the default data set (no downloads).
 
     python stages/synthetic.py --out data/synthetic
+    python stages/synthetic.py --params params.yaml --out data/synthetic   # settings from its synthetic: section
     python stages/synthetic.py --measure 2000          # generation throughput only, then exit
 
 Writes <out>/corpus/ (images/<shard>/<id>.jpg and pairs.tsv: caption<TAB>url, urls relative to
@@ -38,6 +39,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = _Parser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter,
                      epilog=__doc__)
     parser.add_argument("--out", type=Path, help="output folder (required unless --measure)")
+    parser.add_argument("--params", type=Path, default=None,
+                        help="take the defaults of the options below from this file's synthetic: section "
+                             "(the whole file is validated first, as every pipeline stage does)")
     parser.add_argument("--seed", type=int, default=defaults.seed, help="random seed (%(default)s)")
     parser.add_argument("--pairs", type=int, default=defaults.pairs, help="image-caption pairs (%(default)s)")
     parser.add_argument("--image-size", type=int, default=defaults.image_size,
@@ -57,6 +61,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--measure", type=int, metavar="N", default=None,
                         help="only measure corpus generation throughput on N pairs in a temporary folder")
     args = parser.parse_args(argv)
+    if args.params is not None:
+        from dataclasses import asdict
+
+        from tcl.config import ConfigError, load_params
+
+        try:
+            parser.set_defaults(**asdict(load_params(args.params).synthetic))
+        except ConfigError as err:
+            print(f"{PROG}: error: {err}", file=sys.stderr)
+            return 2
+        args = parser.parse_args(argv)
 
     try:
         if args.measure is not None:

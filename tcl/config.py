@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -18,10 +19,23 @@ from typing import Any
 import yaml
 
 from .data.stream import AUGMENTATIONS, StreamConfig
+from .data.synthetic import SyntheticParams
+from .eval.benchmarks import BENCHMARKS
+from .eval.config import PRECISIONS as EVAL_PRECISIONS
+from .eval.config import SETTINGS as EVAL_SETTINGS
+from .eval.config import EvalConfig
 from .model.tcl import TCLConfig
+from .model.templates import TEMPLATES
+from .pipeline.config import DownloadConfig, PipelineConfig
 from .train.clip_pretraining import ClipPretrainConfig
+from .train.runtime import PRECISIONS
+from .train.trainer import TrainConfig
 
-__all__ = ["ConfigError", "ClipSettings", "Params", "load_params", "from_dict"]
+__all__ = ["ConfigError", "ClipSettings", "Params", "load_params", "from_dict", "FLOAT_EXPONENT"]
+
+
+#: A float written with an exponent but no dot (``1e-05``): YAML 1.2 and Hydra read a number, PyYAML a string.
+FLOAT_EXPONENT = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+$")
 
 
 class ConfigError(ValueError):
@@ -47,6 +61,11 @@ class Params:
     model: TCLConfig = field(default_factory=TCLConfig)
     data: StreamConfig = field(default_factory=StreamConfig)
     prepare_clip: ClipPretrainConfig = field(default_factory=ClipPretrainConfig)
+    evaluate: EvalConfig = field(default_factory=EvalConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    synthetic: SyntheticParams = field(default_factory=SyntheticParams)
+    download: DownloadConfig = field(default_factory=DownloadConfig)
+    pipeline: PipelineConfig = field(default_factory=PipelineConfig)
 
 
 def _at_least(low: float):
@@ -80,6 +99,38 @@ _CHECKS = {
     "prepare_clip.weight_decay": _at_least(0),
     "prepare_clip.grad_clip": _above(0),
     "prepare_clip.log_every": _at_least(1),
+    "evaluate.setting": (lambda v: v in EVAL_SETTINGS, f"must be one of {', '.join(EVAL_SETTINGS)}"),
+    "evaluate.bg_thresh": (lambda v: v is None or 0 <= v <= 1, "must be in [0, 1] (or null: the setting's)"),
+    "evaluate.kp_w": (lambda v: v is None or 0 <= v <= 1, "must be in [0, 1] (or null: the setting's)"),
+    "evaluate.template": (lambda v: v is None or v in TEMPLATES, f"must be one of {', '.join(TEMPLATES)}"),
+    "evaluate.benchmarks": (lambda v: all(b in BENCHMARKS for b in v), f"must name known benchmarks "
+                            f"({', '.join(BENCHMARKS)})"),
+    "evaluate.bg_thresh_candidates": (lambda v: len(v) > 0 and all(0 <= t <= 1 for t in v),
+                                      "must be a non-empty list of values in [0, 1]"),
+    "evaluate.window_batch": _at_least(1),
+    "evaluate.image_batch": _at_least(1),
+    "evaluate.num_workers": _at_least(0),
+    "evaluate.precision": (lambda v: v in EVAL_PRECISIONS, f"must be one of {', '.join(EVAL_PRECISIONS)}"),
+    "evaluate.overlays": _at_least(0),
+    **{f"evaluate.protocols.{name}.{key}": _at_least(1) for name in ("paper", "synthetic")
+       for key in ("short_side", "long_side", "crop", "stride")},
+    "train.steps": _at_least(1),
+    "train.ust_steps": _at_least(0),
+    "train.lr": _above(0),
+    "train.min_lr": _at_least(0),
+    "train.warmup_steps": _at_least(0),
+    "train.weight_decay": _at_least(0),
+    "train.adam_eps": _above(0),
+    "train.grad_clip": _above(0),
+    "train.grad_accum": _at_least(1),
+    "train.precision": (lambda v: v in PRECISIONS, f"must be one of {', '.join(PRECISIONS)}"),
+    "train.log_every": _at_least(1),
+    "train.image_every": _at_least(0),
+    "train.checkpoint_every": _at_least(1),
+    "train.val_every": _at_least(0),
+    "train.max_nonfinite": _at_least(1),
+    "train.val_benchmarks": (lambda v: all(b in BENCHMARKS for b in v),
+                             f"must name known benchmarks ({', '.join(BENCHMARKS)})"),
 }
 
 
@@ -102,6 +153,11 @@ def _coerce(value: Any, tp, key: str) -> Any:
             (item_type, _ellipsis) = typing.get_args(tp)
             return tuple(_coerce(item, item_type, f"{key}[{i}]") for i, item in enumerate(value))
         raise ConfigError(f"{key}: expected a list, got {type(value).__name__} {value!r}")
+    if origin is dict:  # a mapping of user-chosen names to values of one type (download.sources)
+        if isinstance(value, dict):
+            (_key_type, item_type) = typing.get_args(tp)
+            return {str(k): _coerce(item, item_type, f"{key}.{k}") for k, item in value.items()}
+        raise ConfigError(f"{key}: expected a mapping, got {type(value).__name__} {value!r}")
     if tp is type(None):
         if value is None:
             return None
@@ -111,6 +167,8 @@ def _coerce(value: Any, tp, key: str) -> Any:
     elif tp is float:
         if isinstance(value, int | float) and not isinstance(value, bool):
             return float(value)
+        if isinstance(value, str) and FLOAT_EXPONENT.match(value):
+            return float(value)  # YAML 1.1 reads 1e-05 (what `dvc exp run -S` writes) as a string
     elif tp is int:
         if isinstance(value, int) and not isinstance(value, bool):
             return value
@@ -140,7 +198,15 @@ def from_dict(cls, data: dict, prefix: str = ""):
         if check and not check[0](value):
             raise ConfigError(f"{key}: {check[1]}, got {value!r}")
         values[name] = value
-    return cls(**values)
+    built = cls(**values)
+    # Checks across fields (or over a section's own names) live in the section's ``validate`` method,
+    # which raises ``ValueError("<field>...")``: prefix the section path so the message names the key.
+    if callable(getattr(built, "validate", None)):
+        try:
+            built.validate()
+        except ValueError as err:
+            raise ConfigError(f"{prefix}.{err}" if prefix else str(err)) from None
+    return built
 
 
 def load_params(path: str | os.PathLike = "params.yaml") -> Params:

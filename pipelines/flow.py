@@ -1,0 +1,159 @@
+"""Prefect flow ``tcl-pipeline``: the DVC pipeline of ``dvc.yaml`` as Prefect tasks, one per stage.
+
+Each task runs its stage through DVC (``dvc repro --single-item <stage>``), so DVC's cache decides
+what is up to date and ``dvc.lock`` stays the record; the task streams the stage's output to the
+Prefect log and fails on a non-zero exit. Flow parameters become DVC parameter overrides
+(``dvc exp run -S`` semantics, written into ``params.yaml`` after the whole file is validated, before
+any stage starts). Downloads retry with exponential backoff (img2dataset resumes finished shards),
+training runs under ``torchrun`` (the train stage's command), evaluations are mapped over the
+benchmarks with at most ``eval_concurrency`` at a time. One MLflow parent run per flow run holds
+every stage's run; the flow publishes the benchmark table as a Prefect table artifact and links
+that MLflow run. Run it once with ``python -m pipelines.flow``; schedule it with ``prefect.yaml``
+or ``python -m pipelines.serve``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from itertools import groupby
+from pathlib import Path
+from typing import Any
+
+from prefect import flow, get_run_logger, task, unmapped
+from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
+from prefect.cache_policies import NO_CACHE
+from prefect.task_runners import ThreadPoolTaskRunner
+from prefect.tasks import exponential_backoff
+
+from tcl.pipeline import dvc_cli as dvc
+from tcl.pipeline.overrides import load_overrides_file, parse_overrides, write_overrides
+from tcl.pipeline.runs import PipelineRun, benchmark_table, read_report
+from tcl.tracking import STAGE_ENV
+
+__all__ = ["tcl_pipeline", "run_stage", "stage_groups", "PROJECT_ROOT"]
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+
+#: Stages evaluated as one mapped group (base names, before "@").
+EVAL_STAGES = ("evaluate", "baseline")
+
+
+@task(name="stage", task_run_name="{stage}", cache_policy=NO_CACHE)
+def run_stage(stage: str, root: str, env: dict[str, str], force: bool = False) -> str:
+    """``dvc repro --single-item <stage>`` with the stage's output streamed to the Prefect log.
+
+    ``env``: only the variables the pipeline adds (the MLflow parent run); the rest of the process
+    environment is inherited here, never passed as a parameter that Prefect would store.
+    """
+    logger = get_run_logger()
+    tail = dvc.repro(stage, root=root, env=dvc.tool_env({**env, STAGE_ENV: stage}), on_line=logger.info,
+                     force=force)
+    return "skipped" if any("didn't change, skipping" in line for line in tail) else "ran"
+
+
+def stage_groups(stages: list[str]) -> list[tuple[str, list[str]]]:
+    """Consecutive stages with one base name (``download@a``, ``download@b`` → ``download``), in DVC's
+    file order, which is the pipeline's order; evaluate@ and baseline@ stages form one group."""
+    def base(name: str) -> str:
+        head = name.split("@", 1)[0]
+        return "evaluate" if head in EVAL_STAGES else head
+
+    return [(key, list(group)) for key, group in groupby(stages, key=base)]
+
+
+@flow(name="evaluate-benchmarks")
+def evaluate_benchmarks(stages: list[str], root: str, env: dict[str, str], force: bool = False) -> list[str]:
+    """The evaluate@/baseline@ stages, mapped; the caller sets the task runner's concurrency."""
+    futures = run_stage.with_options(tags=["tcl-evaluate"]).map(stages, root=unmapped(root), env=unmapped(env),
+                                                                  force=unmapped(force))
+    return futures.result()
+
+
+def _publish(run: PipelineRun, root: Path, mlflow_ui: str, with_report: bool = True) -> list[dict[str, Any]]:
+    """The benchmark table as a Prefect table artifact, plus a link to the MLflow parent run."""
+    report = read_report(root) if with_report else None
+    rows = benchmark_table(report) if report else []
+    if rows:
+        create_table_artifact(table=rows, key="tcl-benchmarks",
+                              description="mIoU per benchmark (metrics/report/report.json)")
+    report_md = root / "metrics/report/report.md"
+    if with_report and report_md.is_file():
+        create_markdown_artifact(report_md.read_text(), key="tcl-report", description="metrics/report/report.md")
+    url = run.ui_url(mlflow_ui)
+    if url:
+        create_link_artifact(url, link_text=f"MLflow run {run.run_id}", key="tcl-mlflow-run",
+                             description=f"parent run of this flow run (open `mlflow ui` at {mlflow_ui})")
+    return rows
+
+
+@flow(name="tcl-pipeline", log_prints=True)
+def tcl_pipeline(overrides: list[str] | None = None, overrides_file: str | None = None, force: bool = False,
+                 eval_concurrency: int = 1, download_retries: int = 3, download_retry_delay: float = 10.0,
+                 until: str | None = None, track: bool = True,
+                 mlflow_ui: str = "http://127.0.0.1:5000", project_root: str | None = None) -> dict[str, Any]:
+    """Run the TCL pipeline stage by stage through DVC.
+
+    ``overrides``: ``key.path=value`` strings (``train.steps=200``), applied like ``dvc exp run -S``;
+    ``overrides_file``: a YAML file of such keys (``configs/paper.yaml``), applied first. ``force``:
+    re-run every stage. ``eval_concurrency``: evaluations at a time. ``download_retries``: attempts
+    after a failed download (exponential backoff from ``download_retry_delay`` seconds). ``until``:
+    stop after this stage (base name: ``download``, ``train``, ...). ``track``: MLflow parent run.
+    ``mlflow_ui``: where ``mlflow ui`` serves, for the run link. ``project_root``: the checkout
+    (default: this file's).
+    """
+    from prefect.runtime import flow_run
+
+    logger = get_run_logger()
+    root = Path(project_root) if project_root else PROJECT_ROOT
+    changes = (load_overrides_file(root / overrides_file) if overrides_file else []) + parse_overrides(overrides or [])
+    params = write_overrides(root / "params.yaml", changes)  # validated before any stage starts
+    if changes:
+        logger.info("params.yaml overrides: %s", ", ".join(f"{k}={v!r}" for k, v in changes))
+    groups = stage_groups(dvc.stage_names(root))
+    if until is not None and until not in (names := [name for name, _ in groups]):
+        raise ValueError(f"until={until!r} is not a stage of dvc.yaml (stages: {', '.join(names)})")
+    with PipelineRun.start(root, experiment=params.pipeline.experiment, kind="prefect",
+                           overrides=[f"{k}={v}" for k, v in changes], flow_run_id=str(flow_run.id or ""),
+                           enabled=track) as run:
+        env = run.env()
+        for name, stages in groups:
+            if name == "evaluate":
+                runner = ThreadPoolTaskRunner(max_workers=max(1, eval_concurrency))
+                evaluate_benchmarks.with_options(task_runner=runner)(stages, str(root), env, force)
+            elif name == "download":
+                retrying = run_stage.with_options(retries=download_retries, retry_jitter_factor=0.5,
+                                                  retry_delay_seconds=exponential_backoff(download_retry_delay))
+                for future in [retrying.submit(s, str(root), env, force) for s in stages]:
+                    future.result()
+            else:
+                for stage in stages:
+                    run_stage(stage, str(root), env, force)
+            if name == until:
+                break
+        else:  # anything the groups did not cover (a stage added to dvc.yaml later) runs here, in DVC's order
+            dvc.run_dvc(["repro"], root=root, env=dvc.tool_env(env), on_line=logger.info)
+        complete = until is None or until in ("report", "register")
+        run.record(root, with_report=complete)
+        rows = _publish(run, root, mlflow_ui, with_report=complete)
+    return {"mlflow_run_id": run.run_id, "benchmarks": rows}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m pipelines.flow", description=__doc__.split("\n\n")[0])
+    parser.add_argument("-S", "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="parameter override, as for dvc exp run -S (repeatable)")
+    parser.add_argument("--overrides-file", help="YAML file of dotted keys (e.g. configs/paper.yaml)")
+    parser.add_argument("--force", action="store_true", help="re-run every stage")
+    parser.add_argument("--eval-concurrency", type=int, default=1, help="evaluations at a time (1)")
+    parser.add_argument("--until", help="stop after this stage (download, prepare_clip, train, ...)")
+    parser.add_argument("--no-tracking", action="store_true", help="no MLflow parent run (stages still log theirs)")
+    args = parser.parse_args(argv)
+    state = tcl_pipeline(overrides=args.overrides, overrides_file=args.overrides_file, force=args.force,
+                         eval_concurrency=args.eval_concurrency, until=args.until, track=not args.no_tracking,
+                         return_state=True)
+    return 0 if state.is_completed() else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

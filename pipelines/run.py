@@ -1,0 +1,100 @@
+"""``make run``: the whole pipeline through DVC, under one MLflow parent run.
+
+    python -m pipelines.run                          # dvc repro: the default pipeline (synthetic world)
+    python -m pipelines.run -S train.steps=400       # write an override into params.yaml, then dvc repro
+    python -m pipelines.run --exp paper --overrides-file configs/paper.yaml   # dvc exp run -n paper -S ...
+    python -m pipelines.run --force                  # dvc repro --force: every stage again
+
+Parameters (params.yaml plus any overrides) are validated before anything runs: a bad key, type or
+value is one line on stderr and exit status 2. When DVC finds nothing to do, no run is recorded.
+Otherwise a parent run ``pipeline`` opens in MLflow and every stage's run nests under it; when the
+stages are done it receives the benchmark table's numbers, params.yaml, dvc.lock and the report.
+Exit status 1: a stage failed (its output is above the last line).
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+from pathlib import Path
+
+PROG = "run"
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):
+        print(f"{PROG}: error: {message} (see --help)", file=sys.stderr)
+        sys.exit(2)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _Parser(prog="python -m pipelines.run", description=__doc__.split("\n\n")[0],
+                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    parser.add_argument("targets", nargs="*", help="stages to bring up to date, with what they need (all)")
+    parser.add_argument("-S", "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="parameter override, as for dvc exp run -S (repeatable; YAML values)")
+    parser.add_argument("--overrides-file", type=Path, help="YAML file of dotted keys, e.g. configs/paper.yaml")
+    parser.add_argument("--exp", metavar="NAME", help="run as DVC experiment NAME (dvc exp run) instead of dvc repro")
+    parser.add_argument("--force", action="store_true", help="run every stage even if DVC finds it up to date")
+    parser.add_argument("--no-tracking", action="store_true", help="no MLflow parent run (stages still log theirs)")
+    parser.add_argument("--root", type=Path, default=PROJECT_ROOT, help="project checkout (this one)")
+    args = parser.parse_args(argv)
+
+    from tcl.config import ConfigError
+    from tcl.pipeline import dvc_cli as dvc
+    from tcl.pipeline.overrides import (
+        load_overrides_file,
+        parse_overrides,
+        to_dvc_set_args,
+        validate_overrides,
+        write_overrides,
+    )
+    from tcl.pipeline.runs import REPORT_JSON, PipelineRun
+
+    root, params_file = args.root.resolve(), args.root.resolve() / "params.yaml"
+    try:
+        changes = load_overrides_file(args.overrides_file) if args.overrides_file else []
+        changes += parse_overrides(args.overrides)
+        params = validate_overrides(params_file, changes)
+        force = ["--force"] if args.force else []
+        if args.exp:
+            command = ["exp", "run", "--name", args.exp, *force, *to_dvc_set_args(params_file, changes), *args.targets]
+        else:
+            write_overrides(params_file, changes)
+            command = ["repro", *force, *args.targets]
+            if not args.force and not dvc.stale_stages(root, args.targets):
+                print("run: the pipeline is up to date (dvc status): nothing to do")
+                return 0
+    except (ConfigError, dvc.DvcError) as err:
+        print(f"{PROG}: error: {err}", file=sys.stderr)
+        return 2
+
+    overrides = [f"{k}={v}" for k, v in changes]
+    kind = f"dvc exp run ({args.exp})" if args.exp else "dvc repro"
+    # SIGTERM (a scheduler, `kill`) unwinds like Ctrl-C: the stage's process group is stopped too (training
+    # writes its checkpoint) and the parent run is marked KILLED/FAILED instead of left RUNNING.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+    with PipelineRun.start(root, experiment=params.pipeline.experiment, kind=kind, overrides=overrides,
+                           enabled=not args.no_tracking) as run:
+        print(f"run: {kind}" + (f" with {', '.join(overrides)}" if overrides else "")
+              + (f"; MLflow parent run {run.run_id} (experiment {params.pipeline.experiment})" if run.run_id else ""),
+              flush=True)
+        try:
+            dvc.run_dvc(command, root=root, env=dvc.tool_env(run.env()))
+        except dvc.DvcError as err:
+            run.finish("FAILED")
+            print(f"{PROG}: error: {err}", file=sys.stderr)
+            return 1
+        run.record(root, with_report=not args.targets)
+    table = root / REPORT_JSON.with_suffix(".md")
+    if table.is_file() and not args.targets:
+        print(f"\n{table.relative_to(root)}:\n{table.read_text()}")
+    print("run: done. Results: metrics/ (dvc metrics show, dvc plots show); MLflow: make mlflow-ui "
+          f"(store sqlite:///{root / 'mlflow.db'} unless MLFLOW_TRACKING_URI is set)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,132 @@
+"""DVC from Python: run pipeline stages as subprocesses with streamed output, list them, ask what is stale.
+
+Every orchestrator here (``make run``, the Prefect flow) goes through ``dvc repro``, so DVC alone
+decides what is up to date and ``dvc.lock`` stays the record of what ran. Commands run with the
+project's interpreter first on ``PATH`` (stage commands say ``python`` and ``torchrun``) in their
+own process group, so an interrupted orchestrator stops the whole stage (training gets SIGTERM and
+writes its checkpoint). DVC holds its repository lock only briefly around a stage (never while the
+stage's command runs), so concurrent ``dvc repro`` calls on different stages work; a call that finds
+the lock held waits for it (``dvc --wait-for-lock``; the lock is an OS file lock, released when its
+holder exits, so the wait cannot outlive a crashed process).
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+
+__all__ = ["DvcError", "tool_env", "dvc_command", "run_streamed", "run_dvc", "repro", "stage_names", "stale_stages"]
+
+
+class DvcError(RuntimeError):
+    """A DVC command failed; ``tail`` holds its last output lines."""
+
+    def __init__(self, message: str, returncode: int, tail: Sequence[str] = ()) -> None:
+        super().__init__(message)
+        self.returncode = returncode
+        self.tail = list(tail)
+
+
+def tool_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The environment for DVC and stage processes: this interpreter's scripts first on ``PATH``."""
+    env = dict(os.environ)
+    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+    env.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # spin-waiting OpenMP threads made CPU training ~3x slower
+    env.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # imported via mmseg/img2dataset; it asks PyPI otherwise
+    env.setdefault("DVC_NO_ANALYTICS", "1")
+    env.setdefault("PYTHONUNBUFFERED", "1")  # stage output arrives line by line, not at exit
+    env.update(extra or {})
+    return env
+
+
+def dvc_command(*args: str) -> list[str]:
+    """``dvc <args>`` through this interpreter (the DVC installed beside the project), waiting for DVC's lock."""
+    return [sys.executable, "-m", "dvc", "--wait-for-lock", *args]
+
+
+def _stop(process: subprocess.Popen, grace: float = 30.0) -> None:
+    """SIGTERM the process group, then SIGKILL whatever is left after ``grace`` seconds."""
+    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 5.0)):
+        try:
+            os.killpg(process.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            process.wait(timeout=wait)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
+
+def run_streamed(command: Sequence[str], *, cwd: str | os.PathLike, env: Mapping[str, str] | None = None,
+                 on_line: Callable[[str], None] | None = None, tail: int = 60) -> tuple[int, list[str]]:
+    """Run ``command``, passing each output line (stdout and stderr merged) to ``on_line`` as it comes.
+
+    Returns the exit status and the last ``tail`` lines. Interrupting the caller (Ctrl-C, a cancelled
+    flow run) stops the whole process group before the exception propagates.
+    """
+    on_line = on_line or (lambda line: print(line, flush=True))
+    last: collections.deque[str] = collections.deque(maxlen=tail)
+    process = subprocess.Popen(list(command), cwd=cwd, env=dict(env) if env is not None else None,
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                               text=True, errors="replace", bufsize=1, start_new_session=True)
+    try:
+        assert process.stdout is not None
+        for raw in process.stdout:
+            # tqdm redraws with carriage returns: keep only the final state of such a line
+            line = raw.rstrip("\n").rsplit("\r", 1)[-1]
+            last.append(line)
+            on_line(line)
+        return process.wait(), list(last)
+    except BaseException:
+        _stop(process)
+        raise
+    finally:
+        if process.stdout is not None:
+            process.stdout.close()
+
+
+def run_dvc(args: Sequence[str], *, root: str | os.PathLike, env: Mapping[str, str] | None = None,
+            on_line: Callable[[str], None] | None = None) -> list[str]:
+    """Run ``dvc <args>`` in ``root`` with streamed output; returns the last lines, raises :class:`DvcError`."""
+    code, last = run_streamed(dvc_command(*args), cwd=root, env=env if env is not None else tool_env(),
+                              on_line=on_line)
+    if code != 0:
+        detail = next((line for line in reversed(last) if line.startswith("ERROR")), last[-1] if last else "")
+        raise DvcError(f"dvc {' '.join(args)} failed (exit {code}): {detail.strip()}", code, last)
+    return last
+
+
+def repro(stage: str, *, root: str | os.PathLike, env: Mapping[str, str] | None = None,
+          on_line: Callable[[str], None] | None = None, force: bool = False) -> list[str]:
+    """``dvc repro --single-item <stage>``: run that stage if DVC finds it stale, else do nothing."""
+    return run_dvc(["repro", "--single-item", *(["--force"] if force else []), stage], root=root, env=env,
+                   on_line=on_line)
+
+
+def _capture(args: Sequence[str], root: str | os.PathLike) -> str:
+    done = subprocess.run(dvc_command(*args), cwd=root, env=tool_env(), capture_output=True, text=True,
+                          stdin=subprocess.DEVNULL)
+    if done.returncode != 0:
+        lines = (done.stderr or done.stdout).strip().splitlines()
+        raise DvcError(f"dvc {' '.join(args)} failed: {lines[-1] if lines else done.returncode}", done.returncode,
+                       lines[-60:])
+    return done.stdout
+
+
+def stage_names(root: str | os.PathLike) -> list[str]:
+    """Every stage of ``dvc.yaml`` with foreach/matrix expanded (``download@synthetic``, ...), in file order."""
+    return [line.strip() for line in _capture(["stage", "list", "--name-only"], root).splitlines() if line.strip()]
+
+
+def stale_stages(root: str | os.PathLike, targets: Sequence[str] = ()) -> list[str]:
+    """Stages that ``dvc repro [targets]`` would run now (changed deps, params, outs or command);
+    empty: up to date. With ``targets``, those stages and everything they depend on."""
+    args = ["status", "--json", *(["--with-deps", *targets] if targets else [])]
+    return list(json.loads(_capture(args, root) or "{}"))

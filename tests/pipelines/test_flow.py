@@ -1,0 +1,207 @@
+"""The Prefect flow against Prefect's test harness: stages through DVC, retries, failures, artifacts, MLflow.
+
+The first tests use a scratch project whose dvc.yaml has the pipeline's stage names but trivial
+commands (a download that fails once, a training that prints steps, evaluations that record when
+they run), so that the orchestration is checked in seconds; the last one runs the real stages on a
+tiny synthetic world.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+
+import pytest
+import yaml
+
+from tcl.pipeline import dvc_cli
+
+from .conftest import REPO, TINY, copy_project, init_repo, run_python
+
+pytestmark = pytest.mark.usefixtures("prefect_harness")
+
+# Fake stage commands. Each evaluation records its start and end, to check the concurrency limit.
+EVAL = """import json, pathlib, sys, time
+name = sys.argv[1]
+pathlib.Path("times").mkdir(exist_ok=True)
+start = time.time(); time.sleep(1.5)
+pathlib.Path(f"times/{name}").write_text(f"{start} {time.time()}")
+pathlib.Path("metrics/eval").mkdir(parents=True, exist_ok=True)
+pathlib.Path(f"metrics/eval/{name}.json").write_text(json.dumps({"benchmark": name, "miou": 10.0 + len(name)}))
+"""
+REPORT = """import json, pathlib
+rows = [json.loads(p.read_text()) for p in sorted(pathlib.Path("metrics/eval").glob("*.json"))]
+out = pathlib.Path("metrics/report"); out.mkdir(parents=True, exist_ok=True)
+(out / "report.json").write_text(json.dumps({"rows": rows, "mean": {"miou": sum(r["miou"] for r in rows) / len(rows)}}))
+(out / "report.md").write_text("| benchmark | mIoU |\\n")
+"""
+DVC_YAML = {"stages": {
+    "synthetic": {"cmd": "echo world > world.txt", "outs": ["world.txt"]},
+    "download": {"foreach": ["a", "b"], "do": {
+        # fails on its first attempt (like a dropped connection), succeeds on the retry
+        "cmd": "test -e attempted_${item} || { touch attempted_${item}; echo connection reset; exit 1; }; "
+               "cp world.txt shards_${item}.txt",
+        "deps": ["world.txt"], "outs": ["shards_${item}.txt"]}},
+    "train": {"cmd": "echo step 1 of 2 && echo step 2 of 2 && test ${prepare_clip.steps} -ne 13 && "
+                     "cat shards_a.txt shards_b.txt > model.txt",
+              "deps": ["shards_a.txt", "shards_b.txt"], "params": ["prepare_clip.steps"], "outs": ["model.txt"]},
+    "evaluate": {"foreach": ["x", "y", "z"], "do": {
+        "cmd": "python eval.py ${item}", "deps": ["model.txt", "eval.py"],
+        "outs": [{"metrics/eval/${item}.json": {"cache": False}}]}},
+    "report": {"cmd": "python report.py", "deps": ["metrics/eval", "report.py"],
+               "metrics": [{"metrics/report/report.json": {"cache": False}}],
+               "outs": [{"metrics/report/report.md": {"cache": False}}]},
+}}
+
+
+@pytest.fixture()
+def scratch(tmp_path):
+    root = init_repo(tmp_path / "scratch")
+    shutil.copy(REPO / "params.yaml", root / "params.yaml")
+    (root / "dvc.yaml").write_text(yaml.safe_dump(DVC_YAML, sort_keys=False))
+    (root / "eval.py").write_text(EVAL)
+    (root / "report.py").write_text(REPORT)
+    return root
+
+
+def _flow_run(flow_run_id):
+    """(task runs, log records, artifacts) of one flow run and its subflows, read back from the Prefect API."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import (
+        ArtifactFilter,
+        ArtifactFilterFlowRunId,
+        FlowRunFilter,
+        FlowRunFilterId,
+        FlowRunFilterParentFlowRunId,
+        LogFilter,
+        LogFilterFlowRunId,
+    )
+
+    with get_client(sync_client=True) as client:
+        children = client.read_flow_runs(
+            flow_run_filter=FlowRunFilter(parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[flow_run_id])))
+        ids = [flow_run_id, *(child.id for child in children)]
+        runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=ids)))
+        logs = client.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=ids)))
+        artifacts = client.read_artifacts(
+            artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id])))
+    return runs, logs, artifacts
+
+
+def test_flow_runs_each_stage_through_dvc_with_retries_a_concurrency_limit_and_artifacts(scratch, monkeypatch):
+    from mlflow.tracking import MlflowClient
+
+    from pipelines.flow import tcl_pipeline
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    state = tcl_pipeline(project_root=str(scratch), eval_concurrency=2, download_retries=2, download_retry_delay=0.2,
+                         overrides=["prepare_clip.steps=5"], return_state=True)
+    assert state.is_completed(), state.message
+    result = state.result()
+    task_runs, logs, artifacts = _flow_run(state.state_details.flow_run_id)
+
+    runs = {run.name: run for run in task_runs}
+    assert {"synthetic", "download@a", "download@b", "train", "evaluate@x", "evaluate@y", "evaluate@z",
+            "report"} <= set(runs)
+    assert runs["download@a"].run_count == 2 and runs["download@b"].run_count == 2  # retried after the failure
+    messages = [log.message for log in logs]
+    assert "connection reset" in messages and "step 2 of 2" in messages  # stage output streamed to Prefect
+
+    spans = sorted(tuple(map(float, p.read_text().split())) for p in (scratch / "times").iterdir())
+    at_once = max(sum(1 for s, e in spans if s <= start < e) for start, _ in spans)
+    assert len(spans) == 3 and at_once <= 2
+
+    assert dvc_cli.stale_stages(scratch) == []  # dvc.lock records everything the flow ran
+    assert yaml.safe_load((scratch / "params.yaml").read_text())["prepare_clip"]["steps"] == 5  # override written
+    assert [row["benchmark"] for row in result["benchmarks"]] == ["x", "y", "z"]
+    keys = {a.key: a for a in artifacts}
+    assert keys["tcl-benchmarks"].type == "table" and keys["tcl-report"].type == "markdown"
+    assert f"#/experiments/1/runs/{result['mlflow_run_id']}" in keys["tcl-mlflow-run"].data  # a link artifact
+
+    parent = MlflowClient(f"sqlite:///{scratch / 'mlflow.db'}").get_run(result["mlflow_run_id"])
+    assert parent.info.status == "FINISHED" and parent.data.tags["pipeline.kind"] == "prefect"
+    assert parent.data.tags["prefect.flow_run_id"] == str(state.state_details.flow_run_id)
+    assert parent.data.metrics["x.miou"] == 11.0
+
+
+def test_a_failing_stage_fails_the_flow_and_bad_parameters_fail_before_any_stage(scratch, monkeypatch):
+    from mlflow.tracking import MlflowClient
+
+    from pipelines.flow import tcl_pipeline
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    state = tcl_pipeline(project_root=str(scratch), overrides=["prepare_clip.steps=-4"], return_state=True)
+    assert state.is_failed() and "prepare_clip.steps: must be >= 1" in state.message
+    assert not (scratch / "world.txt").exists() and not (scratch / "mlflow.db").exists()  # nothing ran
+
+    (scratch / "attempted_a").touch()
+    (scratch / "attempted_b").touch()
+    state = tcl_pipeline(project_root=str(scratch), overrides=["prepare_clip.steps=13"], return_state=True)
+    assert state.is_failed()  # the train command exits non-zero for 13
+    task_runs, _, _ = _flow_run(state.state_details.flow_run_id)
+    states = {run.name: run.state.type.value for run in task_runs}
+    assert states["train"] == "FAILED" and states["download@a"] == "COMPLETED" and "report" not in states
+    client = MlflowClient(f"sqlite:///{scratch / 'mlflow.db'}")
+    [parent] = client.search_runs([e.experiment_id for e in client.search_experiments()],
+                                  "tags.mlflow.runName = 'pipeline'")
+    assert parent.info.status == "FAILED"
+
+
+def test_flow_on_the_real_stages_then_dvc_finds_nothing_to_do(tmp_path, monkeypatch):
+    """synthetic → download@synthetic → convert_coco_object@synthetic, for real, on a tiny world."""
+    from pipelines.flow import tcl_pipeline
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    root = copy_project(tmp_path / "project")
+    start = time.monotonic()
+    state = tcl_pipeline(project_root=str(root), overrides=TINY, until="convert_coco_object", return_state=True)
+    assert state.is_completed(), state.message
+    print(f"flow up to convert_coco_object: {time.monotonic() - start:.1f} s")
+    assert len(list((root / "data/synthetic/shards").glob("synthetic-*.tar"))) == 3  # 48 pairs, 16 per shard
+    assert len(list((root / "data/synthetic/coco_object/annotations/val2017").glob("*.png"))) == 3
+    stats = json.loads((root / "metrics/download/synthetic.json").read_text())
+    assert stats["samples_succeeded"] == 48
+
+    done = run_python(["-m", "pipelines.run", "convert_coco_object@synthetic"], root)
+    assert done.returncode == 0 and "up to date" in done.stdout, done.stdout + done.stderr
+    bad = run_python(["-m", "pipelines.run", "-S", "download.sources.synthetic.threads=0"], root)
+    assert bad.returncode == 2 and bad.stderr.strip().splitlines() == [
+        "run: error: download.sources.synthetic.threads: must be >= 1, got 0"]
+
+
+def test_serve_module_builds_a_cron_deployment(monkeypatch):
+    """``python -m pipelines.serve`` hands flow.serve a cron schedule (serving itself blocks: not run here)."""
+    from pipelines import serve
+    from pipelines.flow import tcl_pipeline
+
+    seen = {}
+    monkeypatch.setattr(type(tcl_pipeline), "serve", lambda self, **kwargs: seen.update(kwargs))
+    assert serve.main(["--cron", "30 2 * * 1", "-S", "train.steps=10"]) == 0
+    assert seen["name"] == "nightly" and seen["limit"] == 1
+    assert seen["schedules"][0].cron == "30 2 * * 1" and seen["parameters"]["overrides"] == ["train.steps=10"]
+
+
+def test_prefect_yaml_deploys_the_flow_on_a_schedule(tmp_path):
+    """`prefect deploy --all` with prefect.yaml against the harness's API: the deployment exists, scheduled."""
+    from prefect.settings import PREFECT_API_URL
+
+    env = {"PREFECT_API_URL": PREFECT_API_URL.value(), "PREFECT_HOME": str(tmp_path / "home")}
+    pool = run_python(["-m", "prefect", "work-pool", "create", "tcl-local", "--type", "process"], REPO, env)
+    assert pool.returncode == 0 or "already exists" in pool.stdout, pool.stdout + pool.stderr
+    deployed = run_python(["-m", "prefect", "--no-prompt", "deploy", "--all"], REPO, env)
+    assert deployed.returncode == 0, deployed.stdout + deployed.stderr
+    shown = run_python(["-m", "prefect", "deployment", "inspect", "tcl-pipeline/nightly"], REPO, env)
+    assert shown.returncode == 0 and "0 3 * * *" in shown.stdout, shown.stdout + shown.stderr
+
+
+def test_stages_are_grouped_in_dvc_order_with_evaluations_together():
+    from pipelines.flow import stage_groups
+
+    stages = ["synthetic", "download@cc3m", "download@cc12m", "convert_coco_object@coco", "prepare_clip", "train",
+              "evaluate@voc", "evaluate@ade20k", "baseline@voc-step0", "report", "register"]
+    assert stage_groups(stages) == [
+        ("synthetic", ["synthetic"]), ("download", ["download@cc3m", "download@cc12m"]),
+        ("convert_coco_object", ["convert_coco_object@coco"]), ("prepare_clip", ["prepare_clip"]), ("train", ["train"]),
+        ("evaluate", ["evaluate@voc", "evaluate@ade20k", "baseline@voc-step0"]), ("report", ["report"]),
+        ("register", ["register"])]

@@ -1,0 +1,136 @@
+"""One MLflow parent run per pipeline execution, with the stages' runs nested under it."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tcl.pipeline.runs import PipelineRun, benchmark_table
+from tcl.tracking import PARENT_RUN_ENV, RunTracker
+
+REPORT = {"rows": [{"benchmark": "synthetic_voc", "miou": 41.5, "miou_step0": 12.0, "aacc": 80.0, "kp_w": 0.3,
+                    "model": {"step": 9}},
+                   {"benchmark": "synthetic_coco_stuff", "miou": 20.25, "miou_step0": None, "aacc": 61.0, "kp_w": 0.3,
+                    "model": {"step": 9}}],
+          "mean": {"miou": 30.88, "aacc": 70.5, "miou_step0": 12.0,
+                   "benchmarks": ["synthetic_voc", "synthetic_coco_stuff"]},
+          "baselines": ["step0"]}
+
+
+def test_parent_run_hands_its_id_to_stages_and_collects_the_results(tmp_path, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv(PARENT_RUN_ENV, raising=False)
+    (tmp_path / "params.yaml").write_text("train:\n  steps: 9\n")
+    (tmp_path / "dvc.lock").write_text("schema: '2.0'\n")
+    (tmp_path / "metrics/report").mkdir(parents=True)
+    (tmp_path / "metrics/report/report.json").write_text(json.dumps(REPORT))
+
+    with PipelineRun.start(tmp_path, experiment="pipeline-test", kind="dvc repro", overrides=["train.steps=9"],
+                           flow_run_id="flow-123") as run:
+        env = run.env()
+        assert env[PARENT_RUN_ENV] == run.run_id and env["MLFLOW_EXPERIMENT_NAME"] == "pipeline-test"
+        assert env["MLFLOW_TRACKING_URI"] == f"sqlite:///{tmp_path / 'mlflow.db'}"  # the project's own store
+        with RunTracker.start("train", parent_run_id=env[PARENT_RUN_ENV], tracking_uri=env["MLFLOW_TRACKING_URI"]):
+            pass  # what a stage process does with that environment
+        metrics = run.record(tmp_path)
+    assert metrics == {"mean.miou": 30.88, "mean.aacc": 70.5, "mean.miou_step0": 12.0, "synthetic_voc.miou": 41.5,
+                       "synthetic_voc.miou_step0": 12.0, "synthetic_voc.aacc": 80.0, "synthetic_coco_stuff.miou": 20.25,
+                       "synthetic_coco_stuff.aacc": 61.0}
+    assert run.ui_url("http://127.0.0.1:5000").startswith("http://127.0.0.1:5000/#/experiments/")
+
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(env["MLFLOW_TRACKING_URI"])
+    parent = client.get_run(run.run_id)
+    assert parent.info.status == "FINISHED" and parent.data.metrics["mean.miou"] == 30.88
+    assert parent.data.params["train.steps"] == "9"
+    assert parent.data.tags["pipeline.kind"] == "dvc repro" and parent.data.tags["prefect.flow_run_id"] == "flow-123"
+    assert parent.data.tags["pipeline.overrides"] == "train.steps=9"
+    children = client.search_runs([parent.info.experiment_id], f"tags.mlflow.parentRunId = '{run.run_id}'")
+    assert [c.data.tags["mlflow.runName"] for c in children] == ["train"]
+    artifacts = {a.path for a in client.list_artifacts(run.run_id, "pipeline")}
+    assert artifacts == {"pipeline/params.yaml", "pipeline/dvc.lock"}
+    assert {a.path for a in client.list_artifacts(run.run_id, "report")} == {"report/report.json"}
+
+
+def test_a_failed_execution_marks_the_parent_failed(tmp_path, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    try:
+        with PipelineRun.start(tmp_path, experiment="pipeline-test", kind="prefect") as run:
+            raise RuntimeError("stage train failed")
+    except RuntimeError:
+        pass
+    from mlflow.tracking import MlflowClient
+
+    assert MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}").get_run(run.run_id).info.status == "FAILED"
+
+
+def test_benchmark_table_reads_rows_or_a_mapping():
+    assert benchmark_table(REPORT)[0] == {"benchmark": "synthetic_voc", "miou": 41.5, "miou_step0": 12.0, "aacc": 80.0}
+    assert benchmark_table({"benchmarks": {"voc": {"miou": 1.0}}}) == [{"benchmark": "voc", "miou": 1.0}]
+
+
+@pytest.mark.slow  # the MLflow server needs 20-60 s to start on 2 shared cores
+def test_mlflow_ui_serves_the_embedded_store_and_its_artifacts(tmp_path, monkeypatch):
+    """What the README's `make mlflow-ui` does: the UI's server reads the runs and artifacts of mlflow.db."""
+    import socket
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    from mlflow.tracking import MlflowClient
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    (tmp_path / "params.yaml").write_text("train:\n  steps: 9\n")
+    with PipelineRun.start(tmp_path, experiment="tcl", kind="dvc repro") as run:
+        run.record(tmp_path)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    ui = subprocess.Popen([sys.executable, "-m", "mlflow", "ui", "--backend-store-uri",
+                           f"sqlite:///{tmp_path / 'mlflow.db'}", "--host", "127.0.0.1", "--port", str(port)],
+                          cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as answer:
+                    if answer.status == 200:
+                        break
+            except OSError:
+                pass
+            assert ui.poll() is None and time.monotonic() < deadline, "mlflow ui did not start"
+            time.sleep(1)
+        client = MlflowClient(f"http://127.0.0.1:{port}")
+        served = client.get_run(run.run_id)
+        assert served.data.params["train.steps"] == "9" and served.data.tags["pipeline.kind"] == "dvc repro"
+        local = client.download_artifacts(run.run_id, "pipeline/params.yaml", str(tmp_path / "fetched"))
+        assert "steps: 9" in Path(local).read_text()
+    finally:
+        ui.terminate()
+        try:
+            ui.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            ui.kill()
+            ui.wait(timeout=30)
+
+
+def test_stages_without_their_own_run_log_one_only_under_a_pipeline(tmp_path, monkeypatch):
+    from mlflow.tracking import MlflowClient
+
+    from tcl.pipeline.runs import stage_run
+
+    for name in ("MLFLOW_TRACKING_URI", "MLFLOW_EXPERIMENT_NAME", PARENT_RUN_ENV):
+        monkeypatch.delenv(name, raising=False)
+    assert not stage_run("prepare_clip").enabled  # by hand or in a test: no store is touched
+    with PipelineRun.start(tmp_path, experiment="tcl", kind="dvc repro") as run:
+        for key, value in run.env().items():
+            monkeypatch.setenv(key, value)  # what a stage process launched by the pipeline sees
+        with stage_run("prepare_clip") as child:
+            child.log_metrics({"clip/loss": 1.5}, step=50)
+    got = MlflowClient(run.env()["MLFLOW_TRACKING_URI"]).get_run(child.run_id)
+    assert got.data.tags["mlflow.parentRunId"] == run.run_id and got.data.tags["tcl.stage"] == "prepare_clip"
+    assert got.data.metrics["clip/loss"] == 1.5

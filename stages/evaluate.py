@@ -151,16 +151,20 @@ def main(argv: list[str] | None = None) -> int:
         bench = get_benchmark(args.benchmark)
         config = params.evaluate if args.setting is None else replace(params.evaluate, setting=args.setting)
         root = args.params.resolve().parent  # data roots are relative to the project root: the params file's folder
+        if args.bg_thresh is not None:
+            config = replace(config, bg_thresh=_bg_thresh(args.bg_thresh))
+        out = args.out or Path("metrics/eval") / f"{bench.name}.json"
+        if args.sweep_bg_thresh and config.bg_thresh is not None:  # fixed (the paper setting): nothing to choose
+            write_json_atomic(out, {"benchmark": bench.name, "candidates": {}, "best": config.bg_thresh, "fixed": True})
+            print(f"{bench.name}: bg_thresh fixed at {config.bg_thresh} by the parameters -> {out}")
+            return 0
         check_layout(bench, config.data_roots, root)  # before loading a model: missing data fails in a second
         runtime = start_runtime()
         device = runtime.device if args.device == "auto" else torch.device(args.device)
         model, model_info, train_run = _load_model(args, params)
         if model_info.get("baseline") == "maskclip":  # the frozen CLIP's dense features alone (TCL_SPEC §2.10)
             config = replace(config, pamr=False, kp_w=1.0)
-        if args.bg_thresh is not None:
-            config = replace(config, bg_thresh=_bg_thresh(args.bg_thresh))
         model = model.to(device).eval()
-        out = args.out or Path("metrics/eval") / f"{bench.name}.json"
         if args.sweep_bg_thresh:
             sweep = sweep_bg_thresh(model, bench.name, config, root=root, limit=args.limit)
             sweep["model"] = model_info

@@ -105,6 +105,8 @@ _CHECKS = {
     "evaluate.template": (lambda v: v is None or v in TEMPLATES, f"must be one of {', '.join(TEMPLATES)}"),
     "evaluate.benchmarks": (lambda v: all(b in BENCHMARKS for b in v), f"must name known benchmarks "
                             f"({', '.join(BENCHMARKS)})"),
+    "evaluate.bg_thresh_split": (lambda v: v in BENCHMARKS and BENCHMARKS[v].with_background,
+                                 "must be a known benchmark with a background class (a training split, t_*)"),
     "evaluate.bg_thresh_candidates": (lambda v: len(v) > 0 and all(0 <= t <= 1 for t in v),
                                       "must be a non-empty list of values in [0, 1]"),
     "evaluate.window_batch": _at_least(1),

@@ -79,6 +79,7 @@ class EvalConfig:
     benchmarks: tuple[str, ...] = ("synthetic_voc", "synthetic_voc20", "synthetic_coco_stuff",
                                    "synthetic_coco_object")
     bg_thresh_candidates: tuple[float, ...] = (0.3, 0.35, 0.4, 0.45, 0.5, 0.55, 0.6)
+    bg_thresh_split: str = "t_synthetic_voc"  # training split the pipeline chooses bg_thresh on (unless fixed)
     window_batch: int = 16  # sliding windows per forward pass (from one or several images)
     image_batch: int = 4  # images whose windows are batched together
     num_workers: int = 2  # data-loader processes (decode + resize)

@@ -194,3 +194,14 @@ def test_torchrun_two_processes_equal_one(project, tmp_path):
     one, two = (json.loads((tmp_path / f"{n}.json").read_text()) for n in ("one", "two"))
     assert two["settings"]["world_size"] == 2 and two["num_images"] == one["num_images"] == 3
     assert (two["miou"], two["aacc"], two["per_class_iou"]) == (one["miou"], one["aacc"], one["per_class_iou"])
+
+
+def test_a_fixed_threshold_passes_through_the_sweep_without_scoring(tmp_path, capsys):
+    params = tmp_path / "params.yaml"  # no data, no model: a fixed threshold needs neither
+    params.write_text(yaml.safe_dump({"evaluate": {"bg_thresh": 0.4}}))
+    out = tmp_path / "bg_thresh.json"
+    code = _stage("evaluate").main(["--params", str(params), "--benchmark", "t_synthetic_voc", "--checkpoint",
+                                    str(tmp_path / "absent.pt"), "--sweep-bg-thresh", "--out", str(out)])
+    assert code == 0
+    assert json.loads(out.read_text()) == {"benchmark": "t_synthetic_voc", "candidates": {}, "best": 0.4,
+                                           "fixed": True}

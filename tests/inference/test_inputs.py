@@ -8,6 +8,7 @@ import zlib
 import pytest
 from PIL import Image
 
+from tcl.data.url_lists import serve_directory
 from tcl.inference import (
     InputError,
     TooLargeError,
@@ -17,7 +18,7 @@ from tcl.inference import (
     parse_phrases,
     resolve_sources,
 )
-from tests.inference.conftest import scene, serve_folder
+from tests.inference.conftest import scene
 
 
 def test_phrases_from_strings_lists_and_files(tmp_path):
@@ -83,13 +84,13 @@ def test_sources_expand_folders_and_keep_output_names_distinct(tmp_path):
 def test_urls_are_fetched_with_limits(tmp_path):
     scene().save(tmp_path / "photo.png")
     size = (tmp_path / "photo.png").stat().st_size
-    with serve_folder(tmp_path) as base:
-        (source,) = resolve_sources([f"{base}/photo.png"])
+    with serve_directory(tmp_path) as base:
+        (source,) = resolve_sources([f"{base}photo.png"])
         assert source.stem == "photo" and source.read().size == (96, 72)
         with pytest.raises(InputError, match="HTTP 404"):
-            fetch_url(f"{base}/missing.png")
+            fetch_url(f"{base}missing.png")
         with pytest.raises(InputError, match=f"more than {size - 1} bytes"):
-            fetch_url(f"{base}/photo.png", max_bytes=size - 1)
+            fetch_url(f"{base}photo.png", max_bytes=size - 1)
     with pytest.raises(InputError, match="cannot fetch http://127.0.0.1:9/"):
         fetch_url("http://127.0.0.1:9/photo.png", timeout=5)  # nothing listens on the discard port
     assert isinstance(Image.open(tmp_path / "photo.png"), Image.Image)

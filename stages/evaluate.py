@@ -31,19 +31,15 @@ from pathlib import Path
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # read when torch loads OpenMP (see stages/train.py)
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from tcl.stage_parser import StageParser  # noqa: E402
+
 PROG = "evaluate"
 BASELINES = ("step0", "maskclip")
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str):
-        print(f"{PROG}: error: {message} (see --help)", file=sys.stderr)
-        sys.exit(2)
-
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog=PROG, description=__doc__.split("\n\n")[0],
-                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    parser = StageParser(PROG, __doc__)
     parser.add_argument("--params", type=Path, default=Path("params.yaml"), help="parameter file (params.yaml)")
     parser.add_argument("--benchmark", required=True, help="registered benchmark name (tcl.eval.BENCHMARKS)")
     source = parser.add_mutually_exclusive_group(required=True)

@@ -13,21 +13,17 @@ it moved, model URI) atomically.
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from tcl.stage_parser import StageParser  # noqa: E402
+
 PROG = "register"
 MEAN_TAG = "mean_miou"
 
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str):
-        print(f"{PROG}: error: {message} (see --help)", file=sys.stderr)
-        sys.exit(2)
 
 
 def _mean_miou(report_file: Path) -> float | None:
@@ -53,8 +49,7 @@ def _holder_score(client, name: str, alias: str) -> float | None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = _Parser(prog=PROG, description=__doc__.split("\n\n")[0],
-                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    parser = StageParser(PROG, __doc__)
     parser.add_argument("--params", type=Path, default=Path("params.yaml"), help="parameter file (params.yaml)")
     parser.add_argument("--checkpoint", type=Path, default=Path("models/tcl/best.pt"), help="(models/tcl/best.pt)")
     parser.add_argument("--report", type=Path, default=Path("metrics/report/report.json"),

@@ -9,24 +9,19 @@ writes <out>/report.md and <out>/report.json. The means leave out training-split
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from tcl.stage_parser import StageParser  # noqa: E402
+
 PROG = "report"
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str):
-        print(f"{PROG}: error: {message} (see --help)", file=sys.stderr)
-        sys.exit(2)
-
 
 def main(argv: list[str] | None = None) -> int:
-    parser = _Parser(prog=PROG, description=__doc__.split("\n\n")[0],
-                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    parser = StageParser(PROG, __doc__)
     parser.add_argument("--inputs", type=Path, default=Path("metrics/eval"), help="folder of <benchmark>.json")
     parser.add_argument("--baselines", type=Path, help="folder of <kind>/<benchmark>.json baseline results")
     parser.add_argument("--out", type=Path, default=Path("metrics/report"), help="output folder")

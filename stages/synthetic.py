@@ -12,7 +12,6 @@ beside <out> and renamed into place at the end; a rerun with the same parameters
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 from pathlib import Path
@@ -22,22 +21,15 @@ from tqdm import tqdm
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tcl.data.synthetic import SyntheticError, SyntheticParams, generate_synthetic, measure_throughput  # noqa: E402
+from tcl.stage_parser import StageParser  # noqa: E402
 
 PROG = "synthetic"
 
 
-class _Parser(argparse.ArgumentParser):
-    """argparse that reports bad input as one line, like every other failure of this stage."""
-
-    def error(self, message: str):
-        print(f"{PROG}: error: {message} (see --help)", file=sys.stderr)
-        sys.exit(2)
-
 
 def main(argv: list[str] | None = None) -> int:
     defaults = SyntheticParams()
-    parser = _Parser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter,
-                     epilog=__doc__)
+    parser = StageParser(PROG, __doc__)
     parser.add_argument("--out", type=Path, help="output folder (required unless --measure)")
     parser.add_argument("--params", type=Path, default=None,
                         help="take the defaults of the options below from this file's synthetic: section "

@@ -14,7 +14,6 @@ Tracking goes to MLflow (MLFLOW_TRACKING_URI, default: the embedded store ./mlfl
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 from dataclasses import replace
@@ -25,18 +24,14 @@ from pathlib import Path
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from tcl.stage_parser import StageParser  # noqa: E402
+
 PROG = "train"
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str):
-        print(f"{PROG}: error: {message} (see --help)", file=sys.stderr)
-        sys.exit(2)
-
 
 def main(argv: list[str] | None = None) -> int:
-    parser = _Parser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter,
-                     epilog=__doc__)
+    parser = StageParser(PROG, __doc__)
     parser.add_argument("--params", type=Path, default=Path("params.yaml"), help="parameter file (params.yaml)")
     parser.add_argument("--clip", type=Path, default=Path("models/clip"), help="prepare_clip's output (models/clip)")
     parser.add_argument("--out", type=Path, default=Path("models/tcl"), help="checkpoint folder (models/tcl)")

@@ -156,6 +156,9 @@ def _request_options(predictor: Predictor, data: dict):
 
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
+    # Stopping must not wait for idle keep-alive connections (HTTP/1.1): a browser tab left open
+    # would otherwise hold Ctrl-C (and the tests' shutdown) until it closes its socket.
+    block_on_close = False
 
     def __init__(self, address, predictor: Predictor, max_bytes: int, quiet: bool) -> None:
         self.predictor, self.max_bytes, self.quiet = predictor, max_bytes, quiet

@@ -10,7 +10,8 @@ import torch
 from PIL import Image
 
 from tcl.cli import main
-from tests.inference.conftest import scene, serve_folder, write_tiny_checkpoint
+from tcl.data.url_lists import serve_directory
+from tests.inference.conftest import scene, write_tiny_checkpoint
 
 
 @pytest.fixture(scope="module")
@@ -35,8 +36,8 @@ def test_predict_files_folders_and_urls(tmp_path, tiny_checkpoint, capsys):
     scene(64, 48, seed=3).save(tmp_path / "web" / "remote.png")
     (tmp_path / "phrases.txt").write_text("red disc\nblue square\n")
     out = tmp_path / "out"
-    with serve_folder(tmp_path / "web") as base:
-        assert main(["predict", str(tmp_path / "photos"), f"{base}/remote.png", "--phrases",
+    with serve_directory(tmp_path / "web") as base:
+        assert main(["predict", str(tmp_path / "photos"), f"{base}remote.png", "--phrases",
                      str(tmp_path / "phrases.txt"), "--checkpoint", str(tiny_checkpoint), "--short-side", "64",
                      "--out", str(out)]) == 0
     printed = capsys.readouterr().out

@@ -67,6 +67,10 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as err:
         print(f"{PROG}: error: {err.strerror or err} ({err.filename or 'I/O'})", file=sys.stderr)
         return 2
+    if summary["stopped_early"]:  # not finished: DVC must not record this as the stage's output
+        print(f"{PROG}: error: stopped at step {summary['step']} of {params.train.steps}; rerun to resume "
+              f"from {args.out / 'latest.pt'}", file=sys.stderr)
+        return 143
     if os.environ.get("RANK", "0") == "0":
         print(f"{PROG}: done at step {summary['step']}: {args.out}")
     return 0

@@ -14,6 +14,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import signal
 import sys
 import threading
 import time
@@ -209,6 +210,10 @@ def serve_demo(predictor: Predictor, host: str = "127.0.0.1", port: int = 7860,
                max_bytes: int = DEFAULT_MAX_BYTES) -> None:
     """Serve the demo until interrupted (Ctrl-C), printing its address."""
     server = DemoServer(predictor, host, port, max_bytes)
+    # Ctrl-C and SIGTERM (service managers) stop the server. Set explicitly: a process started in the
+    # background by a non-interactive shell inherits SIGINT as ignored, and Python then never raises
+    # KeyboardInterrupt for it.
+    previous = {sig: signal.signal(sig, _interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}
     print(f"TCL demo on {server.url} (Ctrl-C stops it)", flush=True)
     try:
         server.serve_forever()
@@ -216,3 +221,9 @@ def serve_demo(predictor: Predictor, host: str = "127.0.0.1", port: int = 7860,
         print("stopped", flush=True)
     finally:
         server.stop()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _interrupt(signum, _frame) -> None:
+    raise KeyboardInterrupt

@@ -291,7 +291,7 @@ class Trainer:
                     self._save()
             if self._stopping:
                 self.log(f"stopped at step {self.step} on request; resume with --resume auto")
-            summary = self._summary()
+            summary = {**self._summary(), "stopped_early": self._stopping}
             if self.runtime.is_main:
                 write_json_atomic(self.metrics_dir / "train.json", summary)
                 self.tracker.log_artifact(self.out_dir / (BEST if (self.out_dir / BEST).is_file() else LATEST),

@@ -200,3 +200,18 @@ def test_periodic_validation_keeps_the_best_checkpoint(tmp_path, tiny_clip_dir, 
     assert best["step"] == [2, 4][scores.index(max(scores))]
     validations = [line for line in lines if line.startswith("validation at step")]
     assert len(validations) == 2 and all("t_synthetic_voc bg_thresh" in line for line in validations)
+
+
+def test_sigterm_stops_after_the_step_with_a_checkpoint_and_a_failing_exit(tmp_path, tiny_clip_dir, tiny_shards):
+    params_file = write_params(tmp_path / "params.yaml", tiny_params(tiny_shards))
+    process = run_stage(params_file, tiny_clip_dir, tmp_path / "out", tmp_path / "m", stdout=subprocess.PIPE,
+                        stderr=subprocess.STDOUT)
+    for line in process.stdout:  # bounded: the process ends after 6 steps at the latest
+        if line.startswith("step 2/6"):
+            process.send_signal(signal.SIGTERM)
+            break
+    output = process.communicate(timeout=120)[0]
+    assert process.returncode == 143, output  # DVC must not record a half-trained model
+    assert "stopped at step" in output
+    step = read_checkpoint(tmp_path / "out" / "latest.pt")["step"]
+    assert 2 <= step < 6

@@ -6,14 +6,16 @@
     python stages/evaluate.py --benchmark t_synthetic_voc --checkpoint models/tcl/best.pt --sweep-bg-thresh \
         --out metrics/bg_thresh.json      # choose bg_thresh on a training split (evaluate.bg_thresh_candidates)
     python stages/evaluate.py --benchmark synthetic_voc --checkpoint ... --bg-thresh metrics/bg_thresh.json
+    python stages/evaluate.py --all-benchmarks --clip models/clip --baseline maskclip \
+        --choose-bg-thresh metrics/bg_thresh/maskclip.json --out-dir metrics/baselines/maskclip   # one process
     torchrun --nproc-per-node 8 stages/evaluate.py --benchmark coco_stuff --checkpoint ...   # images split
 
 Model: a training checkpoint or the official tcl.pth (--checkpoint), or, as baselines on a saved CLIP
 (--clip), the untrained TCL ("step0", the MaskCLIP-style start of training) or the CLIP's own dense
 features ("maskclip": the KP branch alone, kp_w 1, no PAMR). Protocol, settings and data roots come
 from the evaluate section of params.yaml (data roots are relative to its folder, the project root;
---setting switches official / no_pamr). Writes
---out (default metrics/eval/<benchmark>.json: mIoU, aAcc, per-class IoU, settings, images/s) and a
+--setting switches official / no_pamr). Writes, per benchmark,
+--out (default <out-dir>/<benchmark>.json: mIoU, aAcc, per-class IoU, settings, images/s) and a
 few image | ground truth | prediction panels (--overlays), prints mmseg's per-class table, and logs the
 same to MLflow as a child run of the training run when known (--parent-run-id, env
 TCL_MLFLOW_PARENT_RUN_ID, or the run recorded in the checkpoint).
@@ -41,13 +43,17 @@ BASELINES = ("step0", "maskclip")
 def build_parser() -> argparse.ArgumentParser:
     parser = StageParser(PROG, __doc__)
     parser.add_argument("--params", type=Path, default=Path("params.yaml"), help="parameter file (params.yaml)")
-    parser.add_argument("--benchmark", required=True, help="registered benchmark name (tcl.eval.BENCHMARKS)")
+    which = parser.add_mutually_exclusive_group(required=True)
+    which.add_argument("--benchmark", nargs="+", help="registered benchmark name(s) (tcl.eval.BENCHMARKS)")
+    which.add_argument("--all-benchmarks", action="store_true", help="every benchmark of evaluate.benchmarks")
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--checkpoint", type=Path, help="training checkpoint (models/tcl/best.pt) or official tcl.pth")
     source.add_argument("--clip", type=Path, help="saved CLIP folder (models/clip), with --baseline")
     parser.add_argument("--clip-weights", help="CLIP weights for --checkpoint (required for the official tcl.pth)")
     parser.add_argument("--baseline", choices=BASELINES, help="with --clip: step0 (untrained TCL) or maskclip")
-    parser.add_argument("--out", type=Path, help="metrics JSON (metrics/eval/<benchmark>.json)")
+    parser.add_argument("--out", type=Path, help="metrics JSON of a single benchmark (<out-dir>/<benchmark>.json)")
+    parser.add_argument("--out-dir", type=Path, default=Path("metrics/eval"),
+                        help="folder of the <benchmark>.json results (metrics/eval)")
     parser.add_argument("--overlays", default="outputs/eval",
                         help="folder for the qualitative PNG panels (outputs/eval); '' for none")
     parser.add_argument("--setting", choices=("official", "no_pamr"), help="override evaluate.setting")
@@ -56,6 +62,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--sweep-bg-thresh", action="store_true",
                         help="instead of evaluating, score every evaluate.bg_thresh_candidates value and write "
                              "{candidates: {thresh: mIoU}, best} to --out (use a training split, t_*)")
+    parser.add_argument("--choose-bg-thresh", type=Path, metavar="FILE",
+                        help="first choose the threshold on evaluate.bg_thresh_split as --sweep-bg-thresh does, "
+                             "write that to FILE, then evaluate with it")
     parser.add_argument("--limit", type=int, help="evaluate only the first N images (quick checks)")
     parser.add_argument("--device", default="auto", help="auto (the GPU of this rank if any), cpu, cuda, cuda:1")
     parser.add_argument("--parent-run-id", help="MLflow run to nest under (else env TCL_MLFLOW_PARENT_RUN_ID or "
@@ -110,8 +119,11 @@ def _bg_thresh(value: str) -> float:
 def _log_mlflow(args, result: dict, model_info: dict, parent: str | None) -> None:
     from tcl.tracking import RunTracker
 
-    with RunTracker.start(f"eval-{result['benchmark']}", parent_run_id=args.parent_run_id or parent,
-                          stage="evaluate", tags={"benchmark": result["benchmark"]}) as tracker:
+    # Baselines get their own names, so that the trained model's eval-<benchmark> runs stand apart.
+    kind = model_info.get("baseline")
+    name = f"baseline-{kind}-{result['benchmark']}" if kind else f"eval-{result['benchmark']}"
+    tags = {"benchmark": result["benchmark"], "model_kind": kind or "tcl"}
+    with RunTracker.start(name, parent_run_id=args.parent_run_id or parent, stage="evaluate", tags=tags) as tracker:
         tracker.log_params({"benchmark": result["benchmark"], "model": model_info, "evaluate": result["settings"]})
         metrics = {key: result[key] for key in ("miou", "aacc", "macc", "images_per_s", "seconds", "num_images")}
         metrics.update({f"iou/{name}": value for name, value in result["per_class_iou"].items()})
@@ -119,6 +131,46 @@ def _log_mlflow(args, result: dict, model_info: dict, parent: str | None) -> Non
         tracker.log_dict(result, f"eval/{result['benchmark']}.json")
         for path in result["overlays"]:
             tracker.log_artifact(path, f"overlays/{result['benchmark']}")
+
+
+def _sweep(model, bench_name: str, config, model_info: dict, out: Path, root: Path, limit, is_main: bool) -> float:
+    """Score ``bench_name`` (a training split) for every candidate threshold; write and return the best."""
+    from tcl.atomic import write_json_atomic
+    from tcl.eval import sweep_bg_thresh
+
+    sweep = sweep_bg_thresh(model, bench_name, config, root=root, limit=limit)
+    sweep["model"] = model_info
+    if is_main:
+        write_json_atomic(out, sweep)
+        print(f"{bench_name}: mIoU per bg_thresh {sweep['candidates']}; best {sweep['best']} -> {out}", flush=True)
+    return sweep["best"]
+
+
+def _evaluate(model, bench, config, model_info: dict, args, out: Path, root: Path, runtime, train_run) -> None:
+    from tcl.atomic import write_json_atomic
+    from tcl.eval import evaluate_benchmark
+
+    overlay_dir = Path(args.overlays) if args.overlays else None  # (Path("") would be the cwd)
+    if runtime.is_main:
+        print(f"evaluating {model_info} on {bench.name} ({bench.dataset}) with {config.settings()} on "
+              f"{runtime.device if args.device == 'auto' else args.device}, {runtime.world_size} process(es)",
+              flush=True)
+    last = [0.0]
+
+    def progress(done: int, total: int) -> None:
+        if done == total or time.monotonic() - last[0] > 10:
+            last[0] = time.monotonic()
+            print(f"{bench.name}: {done}/{total} images (this process)", flush=True)
+
+    result = evaluate_benchmark(model, bench.name, config, root=root, limit=args.limit, overlay_dir=overlay_dir,
+                                progress=progress)
+    result["model"] = model_info
+    if runtime.is_main:
+        write_json_atomic(out, result)
+        print(f"{bench.name}: mIoU {result['miou']} aAcc {result['aacc']} on {result['num_images']} images, "
+              f"{result['images_per_s']:.2f} images/s -> {out}", flush=True)
+        if args.mlflow:
+            _log_mlflow(args, result, model_info, train_run)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -130,13 +182,19 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--baseline goes with --clip, not --checkpoint")
     if args.limit is not None and args.limit < 1:
         parser.error(f"--limit must be >= 1, got {args.limit}")
+    if args.out is not None and (args.all_benchmarks or len(args.benchmark) > 1):
+        parser.error("--out names one benchmark's result: use --out-dir with several benchmarks")
+    if args.sweep_bg_thresh and (args.all_benchmarks or len(args.benchmark) > 1 or args.choose_bg_thresh):
+        parser.error("--sweep-bg-thresh scores one training split: give one --benchmark, without --choose-bg-thresh")
+    if args.choose_bg_thresh is not None and args.bg_thresh is not None:
+        parser.error("--choose-bg-thresh and --bg-thresh both set the threshold: give one")
 
     import torch
 
     from tcl.atomic import write_json_atomic
     from tcl.checkpoint import CheckpointError
     from tcl.config import ConfigError, load_params
-    from tcl.eval import EvalDataError, UnknownBenchmarkError, evaluate_benchmark, get_benchmark, sweep_bg_thresh
+    from tcl.eval import EvalDataError, UnknownBenchmarkError, get_benchmark
     from tcl.eval.datasets import check_layout
     from tcl.model import WeightsError
     from tcl.train.runtime import start_runtime
@@ -144,17 +202,22 @@ def main(argv: list[str] | None = None) -> int:
     runtime = None
     try:
         params = load_params(args.params)
-        bench = get_benchmark(args.benchmark)
+        names = list(params.evaluate.benchmarks) if args.all_benchmarks else args.benchmark
+        benches = [get_benchmark(name) for name in names]
         config = params.evaluate if args.setting is None else replace(params.evaluate, setting=args.setting)
         root = args.params.resolve().parent  # data roots are relative to the project root: the params file's folder
         if args.bg_thresh is not None:
             config = replace(config, bg_thresh=_bg_thresh(args.bg_thresh))
-        out = args.out or Path("metrics/eval") / f"{bench.name}.json"
-        if args.sweep_bg_thresh and config.bg_thresh is not None:  # fixed (the paper setting): nothing to choose
-            write_json_atomic(out, {"benchmark": bench.name, "candidates": {}, "best": config.bg_thresh, "fixed": True})
-            print(f"{bench.name}: bg_thresh fixed at {config.bg_thresh} by the parameters -> {out}")
-            return 0
-        check_layout(bench, config.data_roots, root)  # before loading a model: missing data fails in a second
+        if args.sweep_bg_thresh:
+            out = args.out or args.out_dir / f"{benches[0].name}.json"
+            if config.bg_thresh is not None:  # fixed (the paper setting): nothing to choose
+                write_json_atomic(out, {"benchmark": benches[0].name, "candidates": {}, "best": config.bg_thresh,
+                                        "fixed": True})
+                print(f"{benches[0].name}: bg_thresh fixed at {config.bg_thresh} by the parameters -> {out}")
+                return 0
+        sweep_split = get_benchmark(config.bg_thresh_split) if args.choose_bg_thresh else None
+        for bench in benches + ([sweep_split] if sweep_split else []):
+            check_layout(bench, config.data_roots, root)  # before loading a model: missing data fails in a second
         runtime = start_runtime()
         device = runtime.device if args.device == "auto" else torch.device(args.device)
         model, model_info, train_run = _load_model(args, params)
@@ -162,32 +225,19 @@ def main(argv: list[str] | None = None) -> int:
             config = replace(config, pamr=False, kp_w=1.0)
         model = model.to(device).eval()
         if args.sweep_bg_thresh:
-            sweep = sweep_bg_thresh(model, bench.name, config, root=root, limit=args.limit)
-            sweep["model"] = model_info
-            if runtime.is_main:
-                write_json_atomic(out, sweep)
-                print(f"{bench.name}: mIoU per bg_thresh {sweep['candidates']}; best {sweep['best']} -> {out}")
+            _sweep(model, benches[0].name, config, model_info, out, root, args.limit, runtime.is_main)
             return 0
-        overlay_dir = Path(args.overlays) if args.overlays else None  # (Path("") would be the cwd)
-        if runtime.is_main:
-            print(f"evaluating {model_info} on {bench.name} ({bench.dataset}) with {config.settings()} on {device}, "
-                  f"{runtime.world_size} process(es)", flush=True)
-        last = [0.0]
-
-        def progress(done: int, total: int) -> None:
-            if done == total or time.monotonic() - last[0] > 10:
-                last[0] = time.monotonic()
-                print(f"{bench.name}: {done}/{total} images (this process)", flush=True)
-
-        result = evaluate_benchmark(model, bench.name, config, root=root, limit=args.limit, overlay_dir=overlay_dir,
-                                    progress=progress)
-        result["model"] = model_info
-        if runtime.is_main:
-            write_json_atomic(out, result)
-            print(f"{bench.name}: mIoU {result['miou']} aAcc {result['aacc']} on {result['num_images']} images, "
-                  f"{result['images_per_s']:.2f} images/s -> {out}", flush=True)
-            if args.mlflow:
-                _log_mlflow(args, result, model_info, train_run)
+        if sweep_split is not None:
+            if config.bg_thresh is None:
+                best = _sweep(model, sweep_split.name, config, model_info, args.choose_bg_thresh, root, args.limit,
+                              runtime.is_main)
+                config = replace(config, bg_thresh=best)
+            elif runtime.is_main:  # fixed by the parameters: recorded the same way
+                write_json_atomic(args.choose_bg_thresh, {"benchmark": sweep_split.name, "candidates": {},
+                                                          "best": config.bg_thresh, "fixed": True})
+        for bench in benches:
+            out = args.out or args.out_dir / f"{bench.name}.json"
+            _evaluate(model, bench, config, model_info, args, out, root, runtime, train_run)
     except (ConfigError, UnknownBenchmarkError, EvalDataError, CheckpointError, WeightsError, OSError,
             ValueError) as err:
         print(f"{PROG}: error: {err}", file=sys.stderr)

@@ -37,6 +37,7 @@ class Benchmark:
     prepare: str = ""  # anchor in mmseg's dataset preparation guide
     layout: str = ""  # expected files, for the missing-data message
     training_split: bool = False  # a train split (model selection, thresholds), never a reported number
+    classes: tuple[str, ...] | None = None  # the vocabulary when not all of the dataset class's classes
 
     @property
     def prepare_url(self) -> str:
@@ -63,7 +64,24 @@ _COCO_OBJECT = dict(dataset="COCOObjectDataset", root="coco_object", image_root=
                            "--root <coco_stuff> --out <coco_object>)")
 
 
+def _synthetic_vocabularies() -> dict[str, tuple[str, ...]]:
+    """The classes the synthetic world draws, by mmseg name: its benchmarks' vocabularies.
+
+    A real benchmark prompts with the classes its images contain; the synthetic twins do the same
+    (8 object kinds, plus 6 stuff kinds on COCO-Stuff) instead of also prompting with the 12 VOC or
+    157 COCO-Stuff names that never occur in their images nor in the corpus the tiny CLIP learnt from.
+    """
+    from tcl.data.synthetic.vocabulary import OBJECT_KINDS, STUFF_KINDS
+
+    voc = tuple(kind.voc_name for kind in OBJECT_KINDS)
+    coco = tuple(kind.coco_name for kind in OBJECT_KINDS)
+    return {"voc": ("background", *voc), "voc20": voc, "coco_object": ("background", *coco),
+            "coco_stuff": (*coco, *(stuff.coco_stuff_name for stuff in STUFF_KINDS))}
+
+
 def _entries() -> list[Benchmark]:
+    vocab = _synthetic_vocabularies()
+
     def synthetic(entry: dict, root: str, **changes) -> dict:
         return {**entry, "root": root, "protocol": "synthetic", "prepare": "",
                 "layout": f"{entry['layout']} (python stages/synthetic.py --out data/synthetic)", **changes}
@@ -86,13 +104,15 @@ def _entries() -> list[Benchmark]:
                                 "split": "ImageSets/Segmentation/train.txt"}, training_split=True),
         Benchmark("t_context59", **{**_CONTEXT, "dataset": "PascalContextDataset59",
                                     "split": "ImageSets/SegmentationContext/train.txt"}, training_split=True),
-        Benchmark("synthetic_voc", **synthetic(_VOC, "synthetic_voc"), with_background=True),
-        Benchmark("synthetic_voc20", **synthetic(_VOC, "synthetic_voc", dataset="PascalVOC20Dataset")),
-        Benchmark("synthetic_coco_stuff", **synthetic(_COCO, "synthetic_coco_stuff")),
+        Benchmark("synthetic_voc", **synthetic(_VOC, "synthetic_voc"), with_background=True, classes=vocab["voc"]),
+        Benchmark("synthetic_voc20", **synthetic(_VOC, "synthetic_voc", dataset="PascalVOC20Dataset"),
+                  classes=vocab["voc20"]),
+        Benchmark("synthetic_coco_stuff", **synthetic(_COCO, "synthetic_coco_stuff"), classes=vocab["coco_stuff"]),
         Benchmark("synthetic_coco_object", **synthetic(_COCO_OBJECT, "synthetic_coco_object",
-                                                       image_root="synthetic_coco_stuff")),
+                                                       image_root="synthetic_coco_stuff"),
+                  classes=vocab["coco_object"]),
         Benchmark("t_synthetic_voc", **synthetic(_VOC, "synthetic_voc", split="ImageSets/Segmentation/train.txt"),
-                  with_background=True, training_split=True),
+                  with_background=True, training_split=True, classes=vocab["voc"]),
     ]
 
 

@@ -72,11 +72,23 @@ def build_dataset(bench: Benchmark, roots: DataRoots, protocol: Protocol, projec
                                   pipeline=pipeline, test_mode=True, serialize_data=False)
     if paths["split"] is not None:
         kwargs["ann_file"] = str(paths["split"])
-    dataset = DATASETS.get(bench.dataset)(**kwargs)
+    dataset_class = DATASETS.get(bench.dataset)
+    if bench.classes is not None:  # mmseg relabels the rest of the dataset's classes to 255 (ignored)
+        kwargs["metainfo"] = {"classes": _vocabulary(dataset_class, bench)}
+    dataset = dataset_class(**kwargs)
     if len(dataset) == 0:
         raise EvalDataError(f"benchmark {bench.name!r}: no images found in {paths['images']}; expected "
                             f"{bench.layout}; see {bench.prepare_url}")
     return dataset
+
+
+def _vocabulary(dataset_class, bench: Benchmark) -> tuple[str, ...]:
+    """``bench.classes`` in the dataset class's order (so label ids keep its order)."""
+    known = list(dataset_class.METAINFO["classes"])
+    unknown = sorted(set(bench.classes) - set(known))
+    if unknown:
+        raise EvalDataError(f"benchmark {bench.name!r}: classes {unknown} are not classes of {bench.dataset}")
+    return tuple(name for name in known if name in bench.classes)
 
 
 def class_names(dataset, with_background: bool) -> list[str]:

@@ -51,7 +51,8 @@ def collect_baselines(folder: str | os.PathLike) -> dict[str, list[dict]]:
 
 def build_report(results: list[dict], baselines: dict[str, list[dict]] | None = None) -> dict:
     """Rows (benchmark, mIoU, aAcc, images, images/s, settings, and ``miou_<kind>`` of each baseline
-    evaluated on the same benchmark) and the means over the reporting benchmarks."""
+    evaluated on the same benchmark), their mIoUs keyed by benchmark (``by_benchmark``) and the means
+    over the reporting benchmarks."""
     baselines = baselines or {}
     by_kind = {kind: {r["benchmark"]: r["miou"] for r in kind_results} for kind, kind_results in baselines.items()}
     rows = []
@@ -71,9 +72,13 @@ def build_report(results: list[dict], baselines: dict[str, list[dict]] | None = 
         values = [row[key] for row in counted if row[key] is not None]
         return round(sum(values) / len(values), 2) if values else None
 
-    return {"rows": rows, "mean": {"miou": mean("miou"), "aacc": mean("aacc"),
-                                   **{f"miou_{kind}": mean(f"miou_{kind}") for kind in by_kind},
-                                   "benchmarks": [row["benchmark"] for row in counted]},
+    # Keyed by benchmark as well, so that `dvc metrics show` / `dvc exp show` list every benchmark's mIoU.
+    by_benchmark = {row["benchmark"]: {key: value for key, value in row.items() if key.startswith("miou")}
+                    for row in rows}
+    return {"rows": rows, "by_benchmark": by_benchmark,
+            "mean": {"miou": mean("miou"), "aacc": mean("aacc"),
+                     **{f"miou_{kind}": mean(f"miou_{kind}") for kind in by_kind},
+                     "benchmarks": [row["benchmark"] for row in counted]},
             "baselines": list(by_kind)}
 
 

@@ -308,3 +308,34 @@ def test_stage_main_runs_and_reruns(tmp_path, capsys):
     assert "up to date" in capsys.readouterr().out
     assert main(["--out", str(tmp_path), "--pairs", "3"]) == 2
     assert capsys.readouterr().err.strip().startswith("synthetic: error: ")
+
+
+def test_synthetic_benchmarks_prompt_with_the_classes_the_world_draws(world):
+    """Like a real benchmark, each synthetic twin's vocabulary is the classes its images contain; mmseg
+    relabels the ground truth to that vocabulary without losing a pixel (no other class occurs)."""
+    from tcl.eval import get_benchmark
+    from tcl.eval.config import DataRoots, Protocol
+    from tcl.eval.datasets import EvalSamples, build_dataset, class_names
+
+    roots = DataRoots(synthetic_voc=str(world / VOC_DIR), synthetic_coco_stuff=str(world / COCO_STUFF_DIR))
+    protocol = Protocol(short_side=96, long_side=439, crop=96, stride=48)
+    kinds = {kind.voc_name for kind in OBJECT_KINDS}
+    for name, expected, with_bg in (
+            ("synthetic_voc", kinds, True), ("synthetic_voc20", kinds, False),
+            ("synthetic_coco_stuff", {k.coco_name for k in OBJECT_KINDS} | {s.coco_stuff_name for s in STUFF_KINDS},
+             False)):
+        dataset = build_dataset(get_benchmark(name), roots, protocol)
+        names = class_names(dataset, with_bg)
+        assert set(names) == expected and len(names) == len(expected), name
+        classes = list(dataset.metainfo["classes"])
+        for index in range(len(dataset)):
+            item = EvalSamples(dataset, [index])[0]
+            raw = np.asarray(Image.open(dataset.get_data_info(index)["seg_map_path"]))
+            values = set(np.unique(item["gt"]).tolist()) - {255}
+            assert values <= set(range(len(classes)))
+            if name == "synthetic_voc":  # every pixel keeps its class *name*; the same pixels stay ignored
+                all_classes = type(dataset).METAINFO["classes"]
+                assert np.array_equal(item["gt"] == 255, raw == VOC_BOUNDARY)
+                for value in set(np.unique(raw).tolist()) - {VOC_BOUNDARY}:
+                    assert set(np.unique(item["gt"][raw == value]).tolist()) == \
+                        {classes.index(all_classes[value])}

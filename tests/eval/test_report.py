@@ -30,6 +30,7 @@ def test_rows_means_and_baselines(tmp_path):
     assert report["mean"] == {"miou": 65.0, "aacc": 80.0, "miou_maskclip": 10.0, "miou_step0": 30.0,
                               "benchmarks": ["voc", "voc20"]}
     assert report["rows"][1]["miou_maskclip"] is None and report["rows"][1]["miou_step0"] == 40.0
+    assert report["by_benchmark"]["voc"] == {"miou": 50.0, "miou_maskclip": 10.0, "miou_step0": 20.0}
     markdown = render_markdown(report)
     assert "| benchmark | mIoU | maskclip mIoU | step0 mIoU | aAcc |" in markdown
     assert "| voc20 | 80.00 | – | 40.00 | 80.00 |" in markdown

@@ -199,9 +199,9 @@ def test_stages_are_grouped_in_dvc_order_with_evaluations_together():
     from pipelines.flow import stage_groups
 
     stages = ["synthetic", "download@cc3m", "download@cc12m", "convert_coco_object@coco", "prepare_clip", "train",
-              "evaluate@voc", "evaluate@ade20k", "baseline@voc-step0", "report", "register"]
+              "evaluate@voc", "evaluate@ade20k", "baseline@step0", "report", "register"]
     assert stage_groups(stages) == [
         ("synthetic", ["synthetic"]), ("download", ["download@cc3m", "download@cc12m"]),
         ("convert_coco_object", ["convert_coco_object@coco"]), ("prepare_clip", ["prepare_clip"]), ("train", ["train"]),
-        ("evaluate", ["evaluate@voc", "evaluate@ade20k", "baseline@voc-step0"]), ("report", ["report"]),
+        ("evaluate", ["evaluate@voc", "evaluate@ade20k", "baseline@step0"]), ("report", ["report"]),
         ("register", ["register"])]

@@ -50,7 +50,8 @@ def test_whole_pipeline_through_prefect_then_dvc_then_an_experiment(tmp_path, mo
     experiment = parent.info.experiment_id
     children = client.search_runs([experiment], f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
     names = {run.data.tags["mlflow.runName"] for run in children}
-    assert {"train", "register"} <= names, names
+    assert {"train", "register", "baseline-maskclip-synthetic_voc",
+            "baseline-maskclip-synthetic_coco_object"} <= names, names
     assert str(client.get_model_version_by_alias("tcl", "champion").version) == "1"
 
     done = run_python(["-m", "pipelines.run"], root)  # what `make run` runs: DVC finds nothing to do

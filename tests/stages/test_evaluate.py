@@ -96,6 +96,24 @@ def test_bg_thresh_sweep_then_evaluation_with_its_best(project, capsys):
     assert code == 0 and result["settings"]["bg_thresh"] == sweep["best"] and result["miou"] == sweep["best_miou"]
 
 
+def test_all_benchmarks_in_one_process_with_the_threshold_chosen_first(project, capsys):
+    """The baseline stage's command: choose bg_thresh on the split, then score every benchmark with it."""
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["evaluate"].update(benchmarks=["voc", "voc20"], bg_thresh_split="voc")
+    params_file = project / "params_all.yaml"
+    params_file.write_text(yaml.safe_dump(params))
+    chosen, out_dir = project / "all/bg_thresh.json", project / "all/results"
+    code = _stage("evaluate").main(["--params", str(params_file), "--no-mlflow", "--all-benchmarks", "--clip",
+                                    str(project / "models/clip"), "--baseline", "step0", "--choose-bg-thresh",
+                                    str(chosen), "--out-dir", str(out_dir), "--overlays", ""])
+    assert code == 0 and sorted(p.name for p in out_dir.iterdir()) == ["voc.json", "voc20.json"]
+    sweep = json.loads(chosen.read_text())
+    voc = json.loads((out_dir / "voc.json").read_text())
+    # the same numbers as the two-step route (sweep, then --bg-thresh FILE) of the previous test
+    assert voc["settings"]["bg_thresh"] == sweep["best"] and voc["miou"] == sweep["best_miou"]
+    assert json.loads((out_dir / "voc20.json").read_text())["settings"]["bg_thresh"] is None  # no background
+
+
 def test_training_checkpoint(project, capsys, tiny_tcl):
     from tcl.checkpoint import save_checkpoint
 
@@ -129,7 +147,8 @@ def test_mlflow_child_run_under_the_training_run(project, capsys, monkeypatch):
     [child] = client.search_runs([client.get_run(parent.run_id).info.experiment_id],
                                  f"tags.mlflow.parentRunId = '{parent.run_id}'")
     result = json.loads((project / "mlflow_voc.json").read_text())
-    assert child.info.run_name == "eval-voc" and child.info.status == "FINISHED"
+    assert child.info.run_name == "baseline-step0-voc" and child.info.status == "FINISHED"
+    assert child.data.tags["model_kind"] == "step0"
     assert child.data.metrics["miou"] == result["miou"] and "iou/background" in child.data.metrics
     assert child.data.params["evaluate.bg_thresh"] == "0.4" and child.data.params["model.baseline"] == "step0"
     artifacts = {a.path for a in client.list_artifacts(child.info.run_id, "eval")}
@@ -147,6 +166,10 @@ def test_mlflow_child_run_under_the_training_run(project, capsys, monkeypatch):
     (["--benchmark", "voc", "--clip", "nowhere", "--baseline", "step0"], "nowhere/clip.json not found"),
     (["--benchmark", "voc", "--clip", "models/clip", "--baseline", "step0", "--bg-thresh", "high"],
      "evaluate: error: --bg-thresh: 'high' is neither a number nor a file"),
+    (["--benchmark", "voc", "voc20", "--clip", "models/clip", "--baseline", "step0", "--out", "x.json"],
+     "evaluate: error: --out names one benchmark's result: use --out-dir"),
+    (["--all-benchmarks", "--clip", "models/clip", "--baseline", "step0", "--bg-thresh", "0.5",
+      "--choose-bg-thresh", "b.json"], "evaluate: error: --choose-bg-thresh and --bg-thresh both set"),
 ])
 def test_bad_input_is_one_line_and_exit_2(project, capsys, monkeypatch, args, message):
     monkeypatch.chdir(project)

@@ -54,7 +54,8 @@ def _defaults_from_params(parser: argparse.ArgumentParser, params_file: Path, na
         image_size=src.image_size, resize_mode=src.resize_mode, resize_only_if_bigger=src.resize_only_if_bigger,
         encode_format=src.encode_format, encode_quality=src.encode_quality, samples_per_shard=src.samples_per_shard,
         processes=src.processes or os.cpu_count() or 1, threads=src.threads, timeout=src.timeout,
-        retries=src.retries, distributor=src.distributor, set=list(src.extra.items()))
+        retries=src.retries, distributor=src.distributor, sort_samples=src.sort_samples,
+        set=list(src.extra.items()))
     return None
 
 
@@ -89,6 +90,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--retries", type=int, default=0, help="retries per URL (0)")
     parser.add_argument("--distributor", choices=DISTRIBUTORS, default="multiprocessing",
                         help="img2dataset distributor (multiprocessing); pyspark and ray need their package")
+    parser.add_argument("--sort-samples", action=argparse.BooleanOptionalAction, default=False,
+                        help="rewrite each finished shard with its samples in key order, so that every run "
+                             "gives the same shards (img2dataset writes them as downloads finish) (off)")
     parser.add_argument("--overwrite", action="store_true",
                         help="delete this prefix's shards and start again (needed after changing the settings)")
     parser.add_argument("--set", type=_key_value, action="append", default=[], metavar="KEY=VALUE",
@@ -110,7 +114,8 @@ def main(argv: list[str] | None = None) -> int:
             resize_only_if_bigger=args.resize_only_if_bigger, encode_format=args.encode_format,
             encode_quality=args.encode_quality, number_sample_per_shard=args.samples_per_shard,
             processes_count=args.processes, thread_count=args.threads, timeout=args.timeout, retries=args.retries,
-            distributor=args.distributor, overwrite=args.overwrite, img2dataset_args=dict(args.set))
+            distributor=args.distributor, overwrite=args.overwrite, img2dataset_args=dict(args.set),
+            sort_samples=args.sort_samples)
     except DownloadError as err:
         print(f"download: error: {err}", file=sys.stderr)
         return 2

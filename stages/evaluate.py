@@ -3,6 +3,7 @@
     python stages/evaluate.py --benchmark synthetic_voc --checkpoint models/tcl/best.pt
     python stages/evaluate.py --benchmark voc --checkpoint tcl.pth --clip-weights ViT-B-16.pt
     python stages/evaluate.py --benchmark synthetic_voc --clip models/clip --baseline step0
+    python stages/evaluate.py --benchmark synthetic_voc --checkpoint ... -S evaluate.pamr=false   # any parameter
     python stages/evaluate.py --benchmark t_synthetic_voc --checkpoint models/tcl/best.pt --sweep-bg-thresh \
         --out metrics/bg_thresh.json      # choose bg_thresh on a training split (evaluate.bg_thresh_candidates)
     python stages/evaluate.py --benchmark synthetic_voc --checkpoint ... --bg-thresh metrics/bg_thresh.json
@@ -42,7 +43,7 @@ BASELINES = ("step0", "maskclip")
 
 def build_parser() -> argparse.ArgumentParser:
     parser = StageParser(PROG, __doc__)
-    parser.add_argument("--params", type=Path, default=Path("params.yaml"), help="parameter file (params.yaml)")
+    parser.add_params_arguments()
     which = parser.add_mutually_exclusive_group(required=True)
     which.add_argument("--benchmark", nargs="+", help="registered benchmark name(s) (tcl.eval.BENCHMARKS)")
     which.add_argument("--all-benchmarks", action="store_true", help="every benchmark of evaluate.benchmarks")
@@ -201,7 +202,7 @@ def main(argv: list[str] | None = None) -> int:
 
     runtime = None
     try:
-        params = load_params(args.params)
+        params = load_params(args.params, parser.params_overrides(args))
         names = list(params.evaluate.benchmarks) if args.all_benchmarks else args.benchmark
         benches = [get_benchmark(name) for name in names]
         config = params.evaluate if args.setting is None else replace(params.evaluate, setting=args.setting)

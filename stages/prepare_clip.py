@@ -10,20 +10,18 @@ model described by ``clip.model`` is trained from scratch, contrastively, on the
 
 from __future__ import annotations
 
-import argparse
 import sys
-from dataclasses import replace
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from tcl.stage_parser import StageParser  # noqa: E402
+
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
-    parser.add_argument("--params", type=Path, default=Path("params.yaml"), help="parameter file (params.yaml)")
+    parser = StageParser("prepare_clip", __doc__)
+    parser.add_params_arguments(steps_key="prepare_clip.steps")
     parser.add_argument("--out", type=Path, default=Path("models/clip"), help="output folder (models/clip)")
-    parser.add_argument("--steps", type=int, help="override prepare_clip.steps (quick runs)")
     args = parser.parse_args(argv)
 
     import torch
@@ -37,11 +35,7 @@ def main(argv: list[str] | None = None) -> int:
 
     tracker = None
     try:
-        params = load_params(args.params)
-        if args.steps is not None:
-            if args.steps < 1:
-                raise ConfigError(f"--steps must be >= 1, got {args.steps}")
-            params = replace(params, prepare_clip=replace(params.prepare_clip, steps=args.steps))
+        params = load_params(args.params, parser.params_overrides(args))
         args.out.mkdir(parents=True, exist_ok=True)
         tracker = stage_run("prepare_clip")  # a child of the pipeline's MLflow run under make run / the flow
         tracker.log_params({"clip": params.clip, "prepare_clip": params.prepare_clip, "data": params.data})

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import os
 import sys
-from dataclasses import replace
 from pathlib import Path
 
 # With 2 threads on shared cores OpenMP's spin-waiting made training ~3x slower (measured); it is
@@ -32,13 +31,12 @@ PROG = "train"
 
 def main(argv: list[str] | None = None) -> int:
     parser = StageParser(PROG, __doc__)
-    parser.add_argument("--params", type=Path, default=Path("params.yaml"), help="parameter file (params.yaml)")
+    parser.add_params_arguments(steps_key="train.steps")
     parser.add_argument("--clip", type=Path, default=Path("models/clip"), help="prepare_clip's output (models/clip)")
     parser.add_argument("--out", type=Path, default=Path("models/tcl"), help="checkpoint folder (models/tcl)")
     parser.add_argument("--metrics", type=Path, default=Path("metrics"), help="metrics folder (metrics)")
     parser.add_argument("--resume", default="auto",
                         help="auto (continue from <out>/latest.pt if present), none, or a checkpoint path")
-    parser.add_argument("--steps", type=int, help="override train.steps")
     parser.add_argument("--no-tracking", action="store_true", help="do not log to MLflow")
     args = parser.parse_args(argv)
 
@@ -49,11 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     from tcl.train.trainer import TrainingError, train
 
     try:
-        params = load_params(args.params)
-        if args.steps is not None:
-            if args.steps < 1:
-                raise ConfigError(f"--steps must be >= 1, got {args.steps}")
-            params = replace(params, train=replace(params.train, steps=args.steps))
+        params = load_params(args.params, parser.params_overrides(args))
         if not (args.clip / "clip.pt").is_file():
             raise ConfigError(f"no CLIP at {args.clip}/clip.pt: run the prepare_clip stage first "
                               "(python stages/prepare_clip.py) or pass --clip")

@@ -12,6 +12,7 @@ import os
 import re
 import types
 import typing
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,7 +32,7 @@ from .train.clip_pretraining import ClipPretrainConfig
 from .train.runtime import PRECISIONS
 from .train.trainer import TrainConfig
 
-__all__ = ["ConfigError", "ClipSettings", "Params", "load_params", "from_dict", "FLOAT_EXPONENT"]
+__all__ = ["ConfigError", "ClipSettings", "Params", "load_params", "read_params_file", "from_dict", "FLOAT_EXPONENT"]
 
 
 #: A float written with an exponent but no dot (``1e-05``): YAML 1.2 and Hydra read a number, PyYAML a string.
@@ -211,15 +212,25 @@ def from_dict(cls, data: dict, prefix: str = ""):
     return built
 
 
-def load_params(path: str | os.PathLike = "params.yaml") -> Params:
-    """Read and validate a parameter file."""
+def read_params_file(path: str | os.PathLike) -> dict:
+    """The raw mapping of a parameter file; a missing file or bad YAML is a one-line ConfigError."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"parameter file not found: {path}")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        return yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""
         raise ConfigError(f"{path}: not valid YAML{where}") from None
+
+
+def load_params(path: str | os.PathLike = "params.yaml", overrides: Iterable[str] = ()) -> Params:
+    """Read and validate a parameter file, after applying ``key.path=value`` overrides (YAML values,
+    as ``dvc exp run -S``: a stage's ``--set``)."""
+    data = read_params_file(path)
+    if overrides:
+        from .pipeline.overrides import apply_overrides, parse_overrides  # (imports this module)
+
+        data = apply_overrides(data, parse_overrides(overrides))
     return from_dict(Params, data)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 __all__ = ["StageParser"]
 
@@ -17,6 +18,24 @@ class StageParser(argparse.ArgumentParser):
     def __init__(self, prog: str, doc: str, **kwargs) -> None:
         super().__init__(prog=prog, description=doc.split("\n\n")[0], epilog=doc,
                          formatter_class=argparse.RawDescriptionHelpFormatter, **kwargs)
+
+    def add_params_arguments(self, steps_key: str | None = None) -> None:
+        """``--params FILE`` and ``-S/--set KEY=VALUE`` (repeatable, YAML values, as ``dvc exp run -S``);
+        with ``steps_key``, also ``--steps N`` as a shorthand for ``--set <steps_key>=N``. Read the
+        result with :meth:`params_overrides`."""
+        self.add_argument("--params", type=Path, default=Path("params.yaml"), help="parameter file (params.yaml)")
+        self.add_argument("-S", "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                          help="override one parameter for this run only, e.g. -S train.lr=0.0003 (repeatable)")
+        if steps_key is not None:
+            self.add_argument("--steps", type=int, help=f"shorthand for --set {steps_key}=N")
+            self.set_defaults(_steps_key=steps_key)
+
+    @staticmethod
+    def params_overrides(args: argparse.Namespace) -> list[str]:
+        """The ``--set`` items, plus the one that ``--steps`` stands for."""
+        steps_key = getattr(args, "_steps_key", None)
+        extra = [f"{steps_key}={args.steps}"] if steps_key and args.steps is not None else []
+        return [*args.overrides, *extra]
 
     def error(self, message: str):
         print(f"{self.prog}: error: {message} (see --help)", file=sys.stderr)

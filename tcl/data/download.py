@@ -16,6 +16,11 @@ pyspark or ray); this module only puts a thin, resumable frame around it:
   starts. A shard under its final name is therefore always complete, and an interrupted run
   resumes where it stopped. The work folder keeps the per-shard stats and img2dataset's per-sample
   parquet (URL, status, error) of every shard.
+* **Optionally the same bytes on every run.** img2dataset's threads append samples as their
+  downloads finish; with ``sort_samples`` the shard is instead written to its final name with the
+  samples in key order and zeroed member times, so the training stream, and a training run,
+  repeat exactly from the list alone (the built-in world uses it; for CC12M it costs one more pass
+  over the data).
 * **Local files through the same path.** With ``serve_root``, relative paths in the list are
   served by a loopback HTTP server for the duration of the download, so the built-in synthetic
   corpus exercises exactly the code path that CC3M does.
@@ -27,12 +32,14 @@ import contextlib
 import hashlib
 import importlib.util
 import inspect
+import io
 import json
 import math
 import os
 import re
 import signal
 import sys
+import tarfile
 import tempfile
 import threading
 import time
@@ -91,8 +98,29 @@ def _read_stats(stats_file: Path) -> dict | None:
     return stats if isinstance(stats, dict) and "count" in stats else None
 
 
-def _promote(work: Path, output_dir: Path, prefix: str, running: bool) -> None:
-    """Give every finished shard its final name; between runs, also forget shards that must be redone.
+def _sorted_shard(tar: Path, final: Path) -> None:
+    """Write ``tar`` to ``final`` with its samples in key order and fixed member metadata, atomically.
+
+    img2dataset writes a shard's samples in the order its download threads finish them, so two runs
+    over one list give the same samples in other orders, and a training stream reading them sees other
+    batches. Sorted (and with mtime 0), a shard's bytes depend on the list alone.
+    """
+    partial = final.with_name(f".{final.name}.partial")  # not *.tar: no glob of shards sees it
+    with tarfile.open(tar) as source, tarfile.open(partial, "w", format=tarfile.PAX_FORMAT) as target:
+        members = sorted((m for m in source.getmembers() if m.isfile()),
+                         key=lambda m: (m.name.split(".", 1)[0], m.name))
+        for member in members:
+            data = source.extractfile(member).read()
+            info = tarfile.TarInfo(member.name)
+            info.size, info.mode, info.mtime = len(data), 0o644, 0
+            target.addfile(info, io.BytesIO(data))
+    os.replace(partial, final)
+    tar.unlink()
+
+
+def _promote(work: Path, output_dir: Path, prefix: str, running: bool, sort_samples: bool = False) -> None:
+    """Give every finished shard its final name (``sort_samples``: as a key-sorted copy, see
+    :func:`_sorted_shard`); between runs, also forget shards that must be redone.
 
     A stats file that does not parse is being written (``running``) or was cut by a crash (between
     runs: redo the shard). A stats file whose shard is neither in the work folder nor under its final
@@ -106,7 +134,10 @@ def _promote(work: Path, output_dir: Path, prefix: str, running: bool) -> None:
                 stats_file.unlink(missing_ok=True)
             continue
         if tar.exists():
-            os.replace(tar, final)
+            if sort_samples:
+                _sorted_shard(tar, final)
+            else:
+                os.replace(tar, final)
         elif not final.exists() and not running:
             stats_file.unlink(missing_ok=True)
             (work / f"{index}.parquet").unlink(missing_ok=True)
@@ -116,10 +147,10 @@ def _promote(work: Path, output_dir: Path, prefix: str, running: bool) -> None:
 
 
 def _promote_while_running(work: Path, output_dir: Path, prefix: str, stop: threading.Event,
-                           interval: float) -> None:
+                           interval: float, sort_samples: bool) -> None:
     while not stop.wait(interval):
-        with contextlib.suppress(OSError):
-            _promote(work, output_dir, prefix, running=True)
+        with contextlib.suppress(OSError, tarfile.TarError):
+            _promote(work, output_dir, prefix, running=True, sort_samples=sort_samples)
 
 
 def _reason(message: str) -> str:
@@ -257,7 +288,7 @@ def download_shards(url_list: str | os.PathLike, output_dir: str | os.PathLike, 
                     encode_format: str = "jpg", encode_quality: int = 95, number_sample_per_shard: int = 10000,
                     processes_count: int = 1, thread_count: int = 32, timeout: float = 10, retries: int = 0,
                     distributor: str = "multiprocessing", overwrite: bool = False,
-                    img2dataset_args: Mapping[str, Any] | None = None,
+                    img2dataset_args: Mapping[str, Any] | None = None, sort_samples: bool = False,
                     promote_interval: float = 2.0) -> dict[str, Any]:
     """Download the (url, caption) pairs of ``url_list`` into ``output_dir/<prefix>NNNNNN.tar`` shards.
 
@@ -267,7 +298,9 @@ def download_shards(url_list: str | os.PathLike, output_dir: str | os.PathLike, 
     The settings that decide the shards' content (the list's hash, shard size, image settings) are
     recorded in the work folder; resuming with other ones is refused unless ``overwrite`` (which
     starts again from nothing). ``img2dataset_args`` passes further ``img2dataset.download``
-    arguments through (``min_image_size``, ``subjob_size``, ...).
+    arguments through (``min_image_size``, ``subjob_size``, ...). ``sort_samples`` rewrites each
+    finished shard with its samples in key order, so that the shards, and a training run reading
+    them, are the same on every run (one extra read and write of each shard).
 
     Returns the stats (written atomically to ``stats_path`` when given): samples attempted,
     succeeded and failed (by reason), shards and their bytes over the whole dataset; wall time and
@@ -306,7 +339,7 @@ def download_shards(url_list: str | os.PathLike, output_dir: str | os.PathLike, 
                             "to start again, or another output directory")
     write_text_atomic(settings_file, current)
 
-    _promote(work, output_dir, prefix, running=False)
+    _promote(work, output_dir, prefix, running=False, sort_samples=sort_samples)
     shard_count = math.ceil(table.num_rows / number_sample_per_shard)
     done_before = {_shard_index(p) for p in work.glob("*_stats.json")}
     to_do = [i for i in range(shard_count) if i not in done_before]
@@ -318,7 +351,7 @@ def download_shards(url_list: str | os.PathLike, output_dir: str | os.PathLike, 
         input_file = work / _INPUT_FILE
         stop = threading.Event()
         promoter = threading.Thread(target=_promote_while_running, name="tcl-promote-shards", daemon=True,
-                                    args=(work, output_dir, prefix, stop, promote_interval))
+                                    args=(work, output_dir, prefix, stop, promote_interval, sort_samples))
         try:
             with contextlib.ExitStack() as stack:
                 if serve_root is not None:
@@ -342,9 +375,9 @@ def download_shards(url_list: str | os.PathLike, output_dir: str | os.PathLike, 
             if promoter.is_alive():
                 promoter.join()
             input_file.unlink(missing_ok=True)
-            with contextlib.suppress(OSError):  # even when interrupted: finished shards get their names
-                _promote(work, output_dir, prefix, running=True)
-        _promote(work, output_dir, prefix, running=False)
+            with contextlib.suppress(OSError, tarfile.TarError):  # even when interrupted: finished shards
+                _promote(work, output_dir, prefix, running=True, sort_samples=sort_samples)  # get their names
+        _promote(work, output_dir, prefix, running=False, sort_samples=sort_samples)
 
     stats, missing = _summarise(work, output_dir, prefix, shard_count)
     if missing:

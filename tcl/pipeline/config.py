@@ -27,7 +27,8 @@ class DownloadSource:
     ``root`` is the folder holding the list (the stage's DVC dependency, so that a changed list *or*
     changed local images re-run it; served on 127.0.0.1 when ``serve``), ``list`` the TSV/parquet file
     inside it, ``out`` the shard folder (kept between runs so an interrupted download resumes). The
-    rest are :func:`tcl.data.download.download_shards` settings; ``extra`` passes further
+    rest are :func:`tcl.data.download.download_shards` settings (``sort_samples``: shards whose
+    sample order, and so the training batches, do not depend on download timing); ``extra`` passes further
     img2dataset arguments through (e.g. ``{min_image_size: 64}``).
     """
 
@@ -47,6 +48,7 @@ class DownloadSource:
     timeout: float = 10.0
     retries: int = 0
     distributor: str = "multiprocessing"
+    sort_samples: bool = False  # rewrite finished shards in key order: the same shards on every run
     extra: dict = field(default_factory=dict)
 
     def validate(self) -> DownloadSource:

@@ -22,7 +22,7 @@ from typing import Any
 
 import yaml
 
-from ..config import FLOAT_EXPONENT, ConfigError, Params, from_dict
+from ..config import FLOAT_EXPONENT, ConfigError, Params, from_dict, read_params_file
 
 __all__ = ["Override", "parse_overrides", "load_overrides_file", "apply_overrides", "validate_overrides",
            "write_overrides", "to_dvc_set_args", "hydra_value"]
@@ -81,18 +81,9 @@ def apply_overrides(data: dict, overrides: Iterable[Override]) -> dict:
     return data
 
 
-def _read(params_file: Path) -> dict:
-    if not params_file.is_file():
-        raise ConfigError(f"parameter file not found: {params_file}")
-    try:
-        return yaml.safe_load(params_file.read_text()) or {}
-    except yaml.YAMLError:
-        raise ConfigError(f"{params_file}: not valid YAML") from None
-
-
 def validate_overrides(params_file: str | os.PathLike, overrides: Iterable[Override] = ()) -> Params:
     """The validated parameters that ``params_file`` would hold with ``overrides``; raises ConfigError."""
-    return from_dict(Params, apply_overrides(_read(Path(params_file)), overrides))
+    return from_dict(Params, apply_overrides(read_params_file(params_file), overrides))
 
 
 def hydra_value(value: Any) -> str:
@@ -125,7 +116,7 @@ def _has_key(data: Any, key: str) -> bool:
 
 
 def _hydra_overrides(params_file: Path, overrides: Iterable[Override]) -> list[str]:
-    data, out = _read(params_file), []
+    data, out = read_params_file(params_file), []
     for key, value in overrides:
         # Hydra refuses to set a key the file does not hold yet unless it is spelled "+key", and it
         # merges a mapping into the one there: delete that first ("~key") so the value is replaced.
@@ -164,7 +155,7 @@ def write_overrides(params_file: str | os.PathLike, overrides: Iterable[Override
         except Exception as err:  # noqa: BLE001 - DVC/Hydra raise many kinds; the cause is the useful part
             cause = str(err.__cause__ or err).splitlines()[0]
             raise ConfigError(f"{params_file}: DVC could not apply the overrides ({cause})") from None
-        if from_dict(Params, _read(Path(tmp))) != params:
+        if from_dict(Params, read_params_file(tmp)) != params:
             raise ConfigError(f"{params_file}: DVC's -S writer changed a value of these overrides; set them by hand")
         os.replace(tmp, params_file)
     finally:

@@ -42,8 +42,9 @@ SMALL, BIG, NOISY = _jpeg((24, 20)), _jpeg((80, 60)), _jpeg((64, 64), noise=True
 
 
 class ImageServer(ThreadingHTTPServer):
-    """/ok/* small JPEG, /big/* 80×60, /slow/* after 2 s, /text/* not an image, /truncated/* half a
-    JPEG, /blocked/* waits for ``release``, anything else 404. Counts requests per path."""
+    """/ok/* small JPEG, /big/* 80×60, /slow/* after 2 s, /late/* after 0.5 s, /text/* not an image,
+    /truncated/* half a JPEG, /blocked/* waits for ``release``, anything else 404. Counts requests
+    per path."""
 
     daemon_threads = True
 
@@ -70,12 +71,12 @@ class _Handler(BaseHTTPRequestHandler):
         with self.server.lock:
             self.server.requests[self.path] += 1
         kind = self.path.split("/")[1]
-        if kind == "slow":
-            time.sleep(2)
+        if kind in ("slow", "late"):
+            time.sleep(2 if kind == "slow" else 0.5)
         if kind == "blocked":
             self.server.release.wait(30)
-        body = {"ok": SMALL, "slow": SMALL, "blocked": SMALL, "big": BIG, "text": b"<html>no image</html>",
-                "truncated": NOISY[: len(NOISY) // 2]}.get(kind)
+        body = {"ok": SMALL, "slow": SMALL, "late": SMALL, "blocked": SMALL, "big": BIG,
+                "text": b"<html>no image</html>", "truncated": NOISY[: len(NOISY) // 2]}.get(kind)
         if body is None:
             self.send_error(404)
             return
@@ -266,6 +267,28 @@ def test_shards_failures_and_resume(tmp_path, server):
                              overwrite=True, **FAST)
     assert redone["shards_downloaded_now"] == 2 and redone["samples_succeeded"] == 6
     assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == names[:2]
+
+
+def test_sorted_shards_are_in_key_order_and_the_same_bytes_on_every_run(tmp_path, server):
+    kinds = ["late", "ok", "late", "ok", "ok"]
+    rows = [(f"caption {i}", server.url(f"/{kind}/{i}.jpg")) for i, kind in enumerate(kinds)]
+    url_list = _write_tsv(tmp_path / "list.tsv", rows, ("caption", "url"))
+
+    def keys(folder: Path) -> list[str]:
+        with tarfile.open(folder / shard_name("", 0)) as tar:
+            return [member.name for member in tar.getmembers()]
+
+    download_shards(url_list, tmp_path / "plain", image_size=32, number_sample_per_shard=5, **FAST)
+    plain = keys(tmp_path / "plain")
+    assert plain != sorted(plain)  # img2dataset's order: as the downloads finish, the late rows last
+    shards = []
+    for run in ("a", "b"):
+        download_shards(url_list, tmp_path / run, image_size=32, number_sample_per_shard=5, sort_samples=True,
+                        **FAST)
+        shards.append((tmp_path / run / shard_name("", 0)).read_bytes())
+        assert keys(tmp_path / run) == sorted(plain)
+    assert shards[0] == shards[1]
+    assert not [p for p in (tmp_path / "a").iterdir() if p.name.endswith(".partial")]
 
 
 def test_serve_root_from_a_worker_thread(tmp_path):

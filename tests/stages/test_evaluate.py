@@ -114,6 +114,15 @@ def test_all_benchmarks_in_one_process_with_the_threshold_chosen_first(project, 
     assert json.loads((out_dir / "voc20.json").read_text())["settings"]["bg_thresh"] is None  # no background
 
 
+def test_set_overrides_one_parameter_for_this_run(project, capsys):
+    out = project / "set/voc.json"
+    code, _, _ = run_stage(project, capsys, "--benchmark", "voc", "--clip", project / "models/clip", "--baseline",
+                           "step0", "-S", "evaluate.bg_thresh=0.55", "--set", "evaluate.kp_w=0.1", "--out", out,
+                           "--overlays", "", "--limit", "1")
+    settings = json.loads(out.read_text())["settings"]
+    assert code == 0 and (settings["bg_thresh"], settings["kp_w"]) == (0.55, 0.1)
+
+
 def test_training_checkpoint(project, capsys, tiny_tcl):
     from tcl.checkpoint import save_checkpoint
 
@@ -166,6 +175,8 @@ def test_mlflow_child_run_under_the_training_run(project, capsys, monkeypatch):
     (["--benchmark", "voc", "--clip", "nowhere", "--baseline", "step0"], "nowhere/clip.json not found"),
     (["--benchmark", "voc", "--clip", "models/clip", "--baseline", "step0", "--bg-thresh", "high"],
      "evaluate: error: --bg-thresh: 'high' is neither a number nor a file"),
+    (["--benchmark", "voc", "--clip", "models/clip", "--baseline", "step0", "-S", "evaluate.pamr=maybe"],
+     "evaluate: error: evaluate.pamr: expected bool"),
     (["--benchmark", "voc", "voc20", "--clip", "models/clip", "--baseline", "step0", "--out", "x.json"],
      "evaluate: error: --out names one benchmark's result: use --out-dir"),
     (["--all-benchmarks", "--clip", "models/clip", "--baseline", "step0", "--bg-thresh", "0.5",

@@ -209,15 +209,21 @@ def main(argv: list[str] | None = None) -> int:
         root = args.params.resolve().parent  # data roots are relative to the project root: the params file's folder
         if args.bg_thresh is not None:
             config = replace(config, bg_thresh=_bg_thresh(args.bg_thresh))
+        # A threshold to choose first: on the given training split (--sweep-bg-thresh, nothing else to
+        # score) or on evaluate.bg_thresh_split (--choose-bg-thresh, then the benchmarks with it).
         if args.sweep_bg_thresh:
-            out = args.out or args.out_dir / f"{benches[0].name}.json"
-            if config.bg_thresh is not None:  # fixed (the paper setting): nothing to choose
-                write_json_atomic(out, {"benchmark": benches[0].name, "candidates": {}, "best": config.bg_thresh,
-                                        "fixed": True})
-                print(f"{benches[0].name}: bg_thresh fixed at {config.bg_thresh} by the parameters -> {out}")
+            sweep_file, split, to_score = args.out or args.out_dir / f"{benches[0].name}.json", benches[0], []
+        else:
+            sweep_file, to_score = args.choose_bg_thresh, benches
+            split = get_benchmark(config.bg_thresh_split) if sweep_file is not None else None
+        if split is not None and config.bg_thresh is not None:  # fixed (the paper setting): nothing to choose
+            write_json_atomic(sweep_file, {"benchmark": split.name, "candidates": {}, "best": config.bg_thresh,
+                                           "fixed": True})
+            print(f"{split.name}: bg_thresh fixed at {config.bg_thresh} by the parameters -> {sweep_file}")
+            split = None
+            if not to_score:
                 return 0
-        sweep_split = get_benchmark(config.bg_thresh_split) if args.choose_bg_thresh else None
-        for bench in benches + ([sweep_split] if sweep_split else []):
+        for bench in to_score + ([split] if split else []):
             check_layout(bench, config.data_roots, root)  # before loading a model: missing data fails in a second
         runtime = start_runtime()
         device = runtime.device if args.device == "auto" else torch.device(args.device)
@@ -225,18 +231,10 @@ def main(argv: list[str] | None = None) -> int:
         if model_info.get("baseline") == "maskclip":  # the frozen CLIP's dense features alone (TCL_SPEC §2.10)
             config = replace(config, pamr=False, kp_w=1.0)
         model = model.to(device).eval()
-        if args.sweep_bg_thresh:
-            _sweep(model, benches[0].name, config, model_info, out, root, args.limit, runtime.is_main)
-            return 0
-        if sweep_split is not None:
-            if config.bg_thresh is None:
-                best = _sweep(model, sweep_split.name, config, model_info, args.choose_bg_thresh, root, args.limit,
-                              runtime.is_main)
-                config = replace(config, bg_thresh=best)
-            elif runtime.is_main:  # fixed by the parameters: recorded the same way
-                write_json_atomic(args.choose_bg_thresh, {"benchmark": sweep_split.name, "candidates": {},
-                                                          "best": config.bg_thresh, "fixed": True})
-        for bench in benches:
+        if split is not None:
+            best = _sweep(model, split.name, config, model_info, sweep_file, root, args.limit, runtime.is_main)
+            config = replace(config, bg_thresh=best)
+        for bench in to_score:
             out = args.out or args.out_dir / f"{bench.name}.json"
             _evaluate(model, bench, config, model_info, args, out, root, runtime, train_run)
     except (ConfigError, UnknownBenchmarkError, EvalDataError, CheckpointError, WeightsError, OSError,

@@ -194,7 +194,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from tcl.atomic import write_json_atomic
     from tcl.checkpoint import CheckpointError
-    from tcl.config import ConfigError, load_params
+    from tcl.config import ConfigError
     from tcl.eval import EvalDataError, UnknownBenchmarkError, get_benchmark
     from tcl.eval.datasets import check_layout
     from tcl.model import WeightsError
@@ -202,7 +202,7 @@ def main(argv: list[str] | None = None) -> int:
 
     runtime = None
     try:
-        params = load_params(args.params, parser.params_overrides(args))
+        params = parser.load_params(args)
         names = list(params.evaluate.benchmarks) if args.all_benchmarks else args.benchmark
         benches = [get_benchmark(name) for name in names]
         config = params.evaluate if args.setting is None else replace(params.evaluate, setting=args.setting)

@@ -27,7 +27,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from tcl.atomic import write_json_atomic
-    from tcl.config import ConfigError, load_params
+    from tcl.config import ConfigError
     from tcl.data.stream import StreamError, TrainingStream, build_loader
     from tcl.model import WeightsError, create_clip
     from tcl.pipeline.runs import stage_run
@@ -35,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
 
     tracker = None
     try:
-        params = load_params(args.params, parser.params_overrides(args))
+        params = parser.load_params(args)
         args.out.mkdir(parents=True, exist_ok=True)
         tracker = stage_run("prepare_clip")  # a child of the pipeline's MLflow run under make run / the flow
         tracker.log_params({"clip": params.clip, "prepare_clip": params.prepare_clip, "data": params.data})

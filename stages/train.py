@@ -41,13 +41,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     from tcl.checkpoint import CheckpointError
-    from tcl.config import ConfigError, load_params
+    from tcl.config import ConfigError
     from tcl.data.stream import StreamError
     from tcl.model import WeightsError
     from tcl.train.trainer import TrainingError, train
 
     try:
-        params = load_params(args.params, parser.params_overrides(args))
+        params = parser.load_params(args)
         if not (args.clip / "clip.pt").is_file():
             raise ConfigError(f"no CLIP at {args.clip}/clip.pt: run the prepare_clip stage first "
                               "(python stages/prepare_clip.py) or pass --clip")

@@ -12,7 +12,6 @@ import os
 import re
 import types
 import typing
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -225,12 +224,6 @@ def read_params_file(path: str | os.PathLike) -> dict:
         raise ConfigError(f"{path}: not valid YAML{where}") from None
 
 
-def load_params(path: str | os.PathLike = "params.yaml", overrides: Iterable[str] = ()) -> Params:
-    """Read and validate a parameter file, after applying ``key.path=value`` overrides (YAML values,
-    as ``dvc exp run -S``: a stage's ``--set``)."""
-    data = read_params_file(path)
-    if overrides:
-        from .pipeline.overrides import apply_overrides, parse_overrides  # (imports this module)
-
-        data = apply_overrides(data, parse_overrides(overrides))
-    return from_dict(Params, data)
+def load_params(path: str | os.PathLike = "params.yaml") -> Params:
+    """Read and validate a parameter file (with overrides: :func:`tcl.pipeline.overrides.validate_overrides`)."""
+    return from_dict(Params, read_params_file(path))

@@ -22,7 +22,7 @@ class StageParser(argparse.ArgumentParser):
     def add_params_arguments(self, steps_key: str | None = None) -> None:
         """``--params FILE`` and ``-S/--set KEY=VALUE`` (repeatable, YAML values, as ``dvc exp run -S``);
         with ``steps_key``, also ``--steps N`` as a shorthand for ``--set <steps_key>=N``. Read the
-        result with :meth:`params_overrides`."""
+        result with :meth:`load_params`."""
         self.add_argument("--params", type=Path, default=Path("params.yaml"), help="parameter file (params.yaml)")
         self.add_argument("-S", "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                           help="override one parameter for this run only, e.g. -S train.lr=0.0003 (repeatable)")
@@ -31,11 +31,14 @@ class StageParser(argparse.ArgumentParser):
             self.set_defaults(_steps_key=steps_key)
 
     @staticmethod
-    def params_overrides(args: argparse.Namespace) -> list[str]:
-        """The ``--set`` items, plus the one that ``--steps`` stands for."""
+    def load_params(args: argparse.Namespace):
+        """The validated parameters of ``--params`` with the ``--set`` items (and the one ``--steps``
+        stands for) applied; raises ``tcl.config.ConfigError``."""
+        from tcl.pipeline.overrides import parse_overrides, validate_overrides
+
         steps_key = getattr(args, "_steps_key", None)
         extra = [f"{steps_key}={args.steps}"] if steps_key and args.steps is not None else []
-        return [*args.overrides, *extra]
+        return validate_overrides(args.params, parse_overrides([*args.overrides, *extra]))
 
     def error(self, message: str):
         print(f"{self.prog}: error: {message} (see --help)", file=sys.stderr)

@@ -4,8 +4,8 @@ A checkpoint holds only what training changes — the masker and the two loss te
 frozen CLIP (TCL_SPEC §8.19) — plus the optimizer, the gradient scaler, the step, every rank's data
 stream position, the resolved parameters, the CLIP it was trained on (config and weights file) and
 the latest metrics. Everything in it is a tensor or a plain Python value, so it loads with
-``torch.load(weights_only=True)``: no pickled code runs. Files are written to a temporary name and
-renamed, so a crash never leaves a half-written checkpoint behind.
+:func:`tcl.serialization.safe_load` (``torch.load(weights_only=True)``): no code in a file runs. Files
+are written to a temporary name and renamed, so a crash never leaves a half-written checkpoint behind.
 
 :func:`load_model` also accepts the official ``tcl.pth`` (with the CLIP weights given separately).
 """
@@ -13,8 +13,6 @@ renamed, so a crash never leaves a half-written checkpoint behind.
 from __future__ import annotations
 
 import os
-import pickle
-import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +20,7 @@ import torch
 
 from .atomic import atomic_path
 from .model import TCL, TCLConfig, WeightsError, create_clip
+from .serialization import LoadError, safe_load
 
 __all__ = ["CheckpointError", "FORMAT", "trainable_state", "save_checkpoint", "read_checkpoint",
            "load_trainable_state", "model_from_checkpoint", "load_model"]
@@ -30,7 +29,7 @@ FORMAT = "tcl-training-checkpoint/1"
 _FROZEN_PREFIX = "clip."
 
 
-class CheckpointError(ValueError):
+class CheckpointError(LoadError):
     """A checkpoint is missing, unreadable, or does not fit the model it is loaded into."""
 
 
@@ -71,15 +70,7 @@ def save_checkpoint(path: str | os.PathLike, *, model: TCL, step: int, params: d
 
 def read_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Read a checkpoint written by :func:`save_checkpoint` (weights-only)."""
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint not found: {path}")
-    try:
-        payload = torch.load(path, map_location=map_location, weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, OSError, KeyError) as err:
-        first_line = "not a PyTorch file" if isinstance(err, KeyError) else \
-            (str(err).strip().splitlines() or [type(err).__name__])[0]
-        raise CheckpointError(f"{path}: not a readable checkpoint, truncated or corrupt ({first_line})") from None
+    payload = safe_load(path, map_location, what="checkpoint", error=CheckpointError)
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not a TCL training checkpoint (for the official tcl.pth use "
                               "load_model(path, clip_weights=...))")
@@ -131,16 +122,12 @@ def load_model(path: str | os.PathLike, clip_weights: str | os.PathLike | None =
     official checkpoint needs ``clip_weights`` (OpenAI's ``ViT-B-16.pt`` or ``"openai"``) unless it
     carries the CLIP keys itself.
     """
-    path = Path(path)
-    try:
-        payload = read_checkpoint(path, map_location)
-    except CheckpointError:
-        if not path.is_file():
-            raise
-        from .compat import load_official_checkpoint  # not ours: try the official layout
+    payload = safe_load(path, map_location, what="checkpoint", error=CheckpointError)
+    if isinstance(payload, dict) and payload.get("format") == FORMAT:
+        return model_from_checkpoint(payload, clip_weights, str(path)).to(map_location)
+    from .compat.official import official_model_from_state  # not ours: the official layout
 
-        try:
-            return load_official_checkpoint(path, clip_weights=clip_weights).to(map_location)
-        except WeightsError as err:
-            raise CheckpointError(str(err)) from None
-    return model_from_checkpoint(payload, clip_weights, str(path)).to(map_location)
+    try:
+        return official_model_from_state(payload, clip_weights, source=str(path)).to(map_location)
+    except WeightsError as err:
+        raise CheckpointError(str(err)) from None

@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import os
 import re
+from typing import Any
 
 import torch
 
@@ -23,7 +24,7 @@ from ..model.factory import (
 )
 from ..model.tcl import TCL, TCLConfig
 
-__all__ = ["load_official_checkpoint", "official_to_tcl_key", "tcl_to_official_key",
+__all__ = ["load_official_checkpoint", "official_model_from_state", "official_to_tcl_key", "tcl_to_official_key",
            "export_official_state_dict"]
 
 _BACKBONE = "masker.image_encoder.backbone.transformer.resblocks."
@@ -89,12 +90,12 @@ def export_official_state_dict(model: TCL, include_clip: bool = False) -> dict[s
     return out
 
 
-def _infer_structure(state: dict[str, torch.Tensor]) -> TCLConfig:
+def _infer_structure(state: dict[str, torch.Tensor], source: str) -> TCLConfig:
     blocks = {int(k[len(_BACKBONE):].split(".", 1)[0]) for k in state if k.startswith(_BACKBONE)}
     stages = {int(m.group(1)) for m in map(_DECODER.match, state) if m}
     if not blocks or not stages:
-        raise WeightsError("not an official TCL checkpoint: no masker backbone or decoder keys "
-                           f"(first keys: {sorted(state)[:3]})")
+        raise WeightsError(f"{source}: not a TCL checkpoint (ours or the official one): no masker backbone or "
+                           f"decoder keys (first keys: {sorted(state)[:3]})")
     return TCLConfig(ie_freeze=min(blocks), decoder_stages=max(stages) + 1)
 
 
@@ -123,11 +124,16 @@ def load_official_checkpoint(checkpoint: str | os.PathLike, clip_weights: str | 
     eval mode on ``device``. Missing, unexpected or mis-shaped keys raise :class:`WeightsError`
     naming them.
     """
-    raw = read_weights(checkpoint)
-    state = raw.get("model", raw)
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise WeightsError(f"{checkpoint}: expected a dict of tensors under 'model'")
-    config = _infer_structure(state)
+    return official_model_from_state(read_weights(checkpoint), clip_weights, device, source=str(checkpoint))
+
+
+def official_model_from_state(raw: Any, clip_weights: str | os.PathLike | None = None,
+                              device: str | torch.device = "cpu", source: str = "checkpoint") -> TCL:
+    """:func:`load_official_checkpoint` on the already loaded contents ``raw`` of the file ``source``."""
+    state = raw.get("model", raw) if isinstance(raw, dict) else raw
+    if not isinstance(state, dict) or not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise WeightsError(f"{source}: expected a dict of tensors under 'model'")
+    config = _infer_structure(state, source)
     has_clip = any(k.startswith("clip_image_encoder.clip_visual.") for k in state) and \
         any(k.startswith("clip_text_encoder.") for k in state)
     if clip_weights is not None:
@@ -135,7 +141,7 @@ def load_official_checkpoint(checkpoint: str | os.PathLike, clip_weights: str | 
     elif has_clip:
         clip = _clip_from_checkpoint(state)
     else:
-        raise WeightsError(f"{checkpoint} holds no CLIP weights: pass clip_weights= an OpenAI ViT-B/16 "
+        raise WeightsError(f"{source} holds no CLIP weights: pass clip_weights= an OpenAI ViT-B/16 "
                            "file (ViT-B-16.pt) or 'openai'")
     model = TCL(clip, config)
 
@@ -160,6 +166,6 @@ def load_official_checkpoint(checkpoint: str | os.PathLike, clip_weights: str | 
     if mismatched:
         problems.append(f"shape mismatches {mismatched}")
     if problems:
-        raise WeightsError(f"{checkpoint} does not match the TCL model: " + "; ".join(problems))
+        raise WeightsError(f"{source} does not match the TCL model: " + "; ".join(problems))
     model.load_state_dict(mapped, strict=False)
     return model.eval().to(device)

@@ -1,18 +1,14 @@
 """Factories: build open_clip CLIP towers and TCL models from names, config dicts or weight files.
 
-Weight files are read without executing pickled code: plain ``torch.save`` files through
-``torch.load(weights_only=True)``, OpenAI's TorchScript archives through ``torch.jit.load`` (a
-TorchScript program, interpreted by the TorchScript runtime, never Python's ``pickle``). Training
-checkpoints that also pickle other objects (a config object, say) are read with an unpickler that
-calls only tensor-rebuilding functions and turns every other object into an inert placeholder.
+Weight files are read without executing code from them: ``torch.save`` files through
+:func:`tcl.serialization.safe_load` (torch's weights-only unpickler), OpenAI's TorchScript archives
+through ``torch.jit.load`` (a TorchScript program, interpreted by the TorchScript runtime, never
+Python's ``pickle``).
 """
 
 from __future__ import annotations
 
 import os
-import pickle
-import types
-import warnings
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -21,6 +17,7 @@ import open_clip
 import torch
 from torch import nn
 
+from ..serialization import LoadError, safe_load
 from .tcl import TCL, TCLConfig
 
 __all__ = [
@@ -37,71 +34,26 @@ OPENAI_VIT_B16 = "ViT-B-16-quickgelu"
 _OPENAI_META_KEYS = ("input_resolution", "context_length", "vocab_size")
 
 
-class WeightsError(ValueError):
+class WeightsError(LoadError):
     """A weight file is missing, unreadable, or does not fit the model."""
 
 
 def read_weights(path: str | os.PathLike) -> dict[str, Any]:
-    """Load a checkpoint or state dict safely (weights only) onto the CPU."""
+    """Load a checkpoint or state dict onto the CPU without running code from it.
+
+    ``torch.save`` files go through :func:`tcl.serialization.safe_load` (weights-only, any layout);
+    OpenAI's TorchScript archives through ``torch.jit.load``, whose program is TorchScript run by
+    TorchScript's interpreter, which has no access to Python's modules.
+    """
     path = Path(path)
-    if not path.is_file():
-        raise WeightsError(f"weights file not found: {path}")
-    if _is_torchscript(path):
+    if path.is_file() and _is_torchscript(path):
         try:
             return dict(torch.jit.load(str(path), map_location="cpu").state_dict())
         except RuntimeError as err:
-            raise WeightsError(f"{path}: unreadable TorchScript archive ({err})") from None
-    try:
-        try:
-            loaded = torch.load(path, map_location="cpu", weights_only=True)
-        except pickle.UnpicklingError:
-            loaded = _load_with_placeholders(path)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, OSError, KeyError) as err:
-        raise WeightsError(f"{path}: not a readable PyTorch weights file, truncated or corrupt "
-                           f"({type(err).__name__}: {str(err).strip().splitlines()[0]})") from None
+            raise WeightsError(f"{path}: unreadable TorchScript archive ({str(err).strip().splitlines()[0]})") from None
+    loaded = safe_load(path, what="weights file", error=WeightsError)
     if not isinstance(loaded, dict):
         raise WeightsError(f"{path}: expected a dict of tensors, found {type(loaded).__name__}")
-    return loaded
-
-
-class _Placeholder:
-    """Stands in for a pickled object of a class outside the allow-list; runs none of its code."""
-
-    def __init__(self, *args, **kwargs) -> None:
-        self.args = args
-
-    def __setstate__(self, state) -> None:
-        self.state = state
-
-    def __repr__(self) -> str:
-        return f"<skipped {type(self).__qualname__}>"
-
-
-_TENSOR_GLOBALS = {
-    ("collections", "OrderedDict"),
-    ("torch", "Size"),
-    ("torch._utils", "_rebuild_tensor"),
-    ("torch._utils", "_rebuild_tensor_v2"),
-    ("torch._utils", "_rebuild_parameter"),
-    ("torch._utils", "_rebuild_parameter_with_state"),
-} | {("torch", f"{kind}Storage") for kind in
-     ("Float", "Half", "BFloat16", "Double", "Long", "Int", "Short", "Char", "Byte", "Bool")}
-
-
-def _load_with_placeholders(path: Path) -> Any:
-    skipped: set[str] = set()
-
-    class Unpickler(pickle.Unpickler):
-        def find_class(self, module: str, name: str):
-            if (module, name) in _TENSOR_GLOBALS:
-                return super().find_class(module, name)
-            skipped.add(f"{module}.{name}")
-            return type(name, (_Placeholder,), {"__qualname__": f"{module}.{name}"})
-
-    pickle_module = types.SimpleNamespace(Unpickler=Unpickler, load=pickle.load, __name__="tcl_safe_pickle")
-    loaded = torch.load(path, map_location="cpu", weights_only=False, pickle_module=pickle_module)
-    warnings.warn(f"{path}: skipped pickled objects of {sorted(skipped)} (not executed); only tensors are used",
-                  stacklevel=3)
     return loaded
 
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import sys
+
+import numpy as np
 import pytest
 import torch
 
@@ -156,35 +159,42 @@ def test_truncated_file_is_reported(official_files, tmp_path):
         load_official_checkpoint(tmp_path / "cut.pth", clip_weights=folder / "ViT-B-16.pt")
 
 
-class _Payload:
-    """Unpickling this would run code; loading must never do so."""
+def test_training_checkpoint_extras_load_without_omegaconf(official_files, tmp_path, monkeypatch):
+    """The official training checkpoint pickles its OmegaConf config and NumPy metrics beside the weights
+    (kakaobrain/tcl utils/checkpoint.py, save_checkpoint); they load as inert values, omegaconf unused."""
+    omegaconf = pytest.importorskip("omegaconf")
+    from tcl.checkpoint import load_model
+    from tcl.serialization import PickledConfig, safe_load
 
-    def __reduce__(self):
-        return (print, ("pickled code executed",))
-
-
-class TrainingConfig:
-    """Stands for the config object that training checkpoints pickle beside the weights."""
-
-    def __init__(self):
-        self.lr = 1e-4
-
-
-def test_pickled_objects_are_skipped_never_executed(official_files, tmp_path, capsys):
     folder, tcl_state, _ = official_files
-    torch.save({"model": tcl_state, "config": TrainingConfig(), "hook": _Payload(), "step": 50000},
-               tmp_path / "training.pth")
-    with pytest.warns(UserWarning, match=r"skipped pickled objects of .*print', .*TrainingConfig"):
-        model = load_official_checkpoint(tmp_path / "training.pth", clip_weights=folder / "ViT-B-16.pt")
-    assert "pickled code executed" not in capsys.readouterr().out
-    assert torch.equal(model.masker.sim2mask.b, tcl_state["masker.sim2mask.b"])
+    config = omegaconf.OmegaConf.create({"model": {"type": "TCL", "ie_freeze": 11}, "train": {"lr": 1.6e-3},
+                                         "evaluate": {"task": ["voc", "context"]}})
+    optimizer = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(2))])
+    checkpoint = {"model": tcl_state, "optimizer": optimizer.state_dict(),
+                  "lr_scheduler": {"t_initial": 50000, "warmup_t": 15000, "noise_range_t": None},
+                  "scaler": {"scale": 65536.0, "growth_factor": 2.0}, "step": 50000, "config": config,
+                  "metrics": {"val/avg_miou": np.mean([np.float64(37.2), np.float64(30.1)])}}
+    for layout in ("zip", "legacy"):
+        path = tmp_path / f"training-{layout}.pth"
+        torch.save(checkpoint, path, _use_new_zipfile_serialization=layout == "zip")
+        with monkeypatch.context() as patch:
+            for name in [m for m in sys.modules if m == "omegaconf" or m.startswith("omegaconf.")]:
+                patch.delitem(sys.modules, name)
+            patch.setitem(sys.modules, "omegaconf", None)  # importing it now fails: proves it is not used
+            loaded = safe_load(path)
+            assert isinstance(loaded["config"], PickledConfig) and loaded["step"] == 50000
+            assert float(loaded["metrics"]["val/avg_miou"]) == pytest.approx(33.65)
+            for load in (load_official_checkpoint, load_model):
+                model = load(path, clip_weights=folder / "ViT-B-16.pt")
+                assert torch.equal(model.masker.sim2mask.b, tcl_state["masker.sim2mask.b"])
 
 
-def test_pickled_objects_in_place_of_weights_are_rejected(official_files, tmp_path):
-    folder, _, _ = official_files
-    torch.save({"model": TrainingConfig()}, tmp_path / "odd.pth")
-    with pytest.warns(UserWarning), pytest.raises(WeightsError, match="expected a dict of tensors under 'model'"):
-        load_official_checkpoint(tmp_path / "odd.pth", clip_weights=folder / "ViT-B-16.pt")
+def test_other_pickled_objects_beside_the_weights_are_refused(official_files, tmp_path):
+    folder, tcl_state, _ = official_files
+    torch.save({"model": tcl_state, "hook": print}, tmp_path / "training.pth")
+    with pytest.raises(WeightsError, match=r"training.pth: refused to load: it asks for the Python object "
+                                           r"(builtins\.)?print"):
+        load_official_checkpoint(tmp_path / "training.pth", clip_weights=folder / "ViT-B-16.pt")
 
 
 def test_clip_weights_are_required_without_clip_keys(official_files):

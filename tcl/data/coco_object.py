@@ -16,6 +16,7 @@ import numpy as np
 from PIL import Image
 
 from ..atomic import atomic_path
+from ..errors import TCLError
 
 __all__ = ["COCO_OBJECT_LUT", "THING_RAW_IDS", "convert_label_map", "convert_coco_object",
            "COCOObjectError", "SPLITS", "OUTPUT_SUFFIX"]
@@ -42,7 +43,7 @@ COCO_OBJECT_LUT = _build_lut()
 assert len(THING_RAW_IDS) == 80
 
 
-class COCOObjectError(ValueError):
+class COCOObjectError(TCLError, ValueError):
     """Wrong dataset root or unexpected label values."""
 
 

@@ -11,12 +11,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..errors import TCLError
+
 __all__ = ["Benchmark", "BENCHMARKS", "get_benchmark", "UnknownBenchmarkError", "PREPARE_URL"]
 
 PREPARE_URL = "https://mmsegmentation.readthedocs.io/en/latest/user_guides/2_dataset_prepare.html"
 
 
-class UnknownBenchmarkError(KeyError):
+class UnknownBenchmarkError(TCLError, KeyError):
     """A benchmark name that is not in the registry."""
 
     def __str__(self) -> str:  # KeyError would quote the whole message

@@ -18,13 +18,14 @@ from typing import Any
 import numpy as np
 from torch.utils.data import Dataset
 
+from ..errors import TCLError
 from .benchmarks import Benchmark
 from .config import DataRoots, Protocol
 
 __all__ = ["EvalDataError", "benchmark_paths", "check_layout", "build_dataset", "EvalSamples", "class_names"]
 
 
-class EvalDataError(ValueError):
+class EvalDataError(TCLError, ValueError):
     """Benchmark data that is missing, laid out differently, or unreadable."""
 
 

@@ -11,12 +11,13 @@ import json
 import os
 from pathlib import Path
 
+from ..errors import TCLError
 from .benchmarks import BENCHMARKS
 
 __all__ = ["ReportError", "collect_results", "collect_baselines", "build_report", "render_markdown"]
 
 
-class ReportError(ValueError):
+class ReportError(TCLError, ValueError):
     """No metrics files, or one that is not an evaluation result."""
 
 

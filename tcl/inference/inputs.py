@@ -23,6 +23,8 @@ from pathlib import Path
 
 from PIL import Image, UnidentifiedImageError
 
+from ..errors import TCLError
+
 __all__ = ["InputError", "TooLargeError", "DEFAULT_MAX_PIXELS", "DEFAULT_MAX_BYTES", "IMAGE_SUFFIXES", "ImageSource",
            "parse_phrases", "decode_image", "decode_base64_image", "fetch_url", "resolve_sources"]
 
@@ -31,7 +33,7 @@ DEFAULT_MAX_BYTES = 64 * 1024 * 1024  # compressed bytes accepted from a URL or 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 
 
-class InputError(ValueError):
+class InputError(TCLError, ValueError):
     """An image or phrase list that cannot be used (unreadable, too large, empty, unreachable)."""
 
 

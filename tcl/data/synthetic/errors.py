@@ -6,8 +6,10 @@ stage script turns it into a one-line command-line error.
 
 from __future__ import annotations
 
+from ...errors import TCLError
+
 __all__ = ["SyntheticError"]
 
 
-class SyntheticError(ValueError):
+class SyntheticError(TCLError, ValueError):
     """Invalid parameters, an output path that is not ours, or a vocabulary name unknown to mmseg."""

@@ -70,11 +70,11 @@ def test_demo_api_segments_and_keeps_serving_after_bad_requests(predictor):
         noise = Image.fromarray(np.random.default_rng(0).integers(0, 255, (250, 250, 3), dtype=np.uint8))
         bad = [
             ({"image": "data:image/png;base64," + base64.b64encode(b"hello").decode(), "phrases": "cat"}, 400,
-             "cannot read image the upload: not an image file"),
-            ({"image": "data:image/png;base64,%%%", "phrases": "cat"}, 400, "the upload: not valid base64"),
+             "cannot read the uploaded image: not an image file"),
+            ({"image": "data:image/png;base64,%%%", "phrases": "cat"}, 400, "the uploaded image: not valid base64"),
             ({"image": _png(image), "phrases": " , "}, 400, "no phrases given"),
             ({"image": _png(scene(300, 200)), "phrases": "cat"}, 413,
-             "the upload: image too large (300x200 = 60000 pixels; the limit is 40000)"),
+             "the uploaded image: image too large (300x200 = 60000 pixels; the limit is 40000)"),
             ({"image": _png(noise), "phrases": "cat"}, 413, "upload too large"),
             ({"image": _png(image), "phrases": "cat", "kp_w": "high"}, 400, "kp_w must be a number"),
             ({"image": _png(image), "phrases": "cat", "kp_w": 7}, 400, "kp_w must be in [0, 1]"),

@@ -146,7 +146,7 @@ async def _read_body(request: Request, limits: DemoLimits) -> bytes:
                 if received > limits.max_body:
                     raise _RequestError(HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
                                         f"upload too large (over {limits.max_body} bytes; images are limited to "
-                                        f"{limits.max_bytes} bytes)", close=True)
+                                        f"{limits.max_bytes} bytes)")  # uvicorn drops the rest
                 chunks.append(chunk)
     except TimeoutError:
         raise _RequestError(HTTPStatus.REQUEST_TIMEOUT, f"request body not received within {limits.read_timeout:g} s "

@@ -8,6 +8,7 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -93,13 +94,17 @@ def test_demo_api_segments_and_keeps_serving_after_bad_requests(predictor):
 
 
 @contextmanager
-def _serve_demo_command(checkpoint: Path, log: Path, *options: str) -> Iterator[str]:
-    """``tcl serve-demo`` as a subprocess on a free port; yields its URL, always stops it. Its output
-    goes to ``log`` (a file, not a pipe: nothing can block on a full pipe buffer)."""
+def _serve_demo_command(checkpoint: Path, log: Path, *options: str, stop_signal: int = signal.SIGINT,
+                        ignore_sigint: bool = False) -> Iterator[str]:
+    """``tcl serve-demo`` as a subprocess on a free port; yields its URL, always stops it (with
+    ``stop_signal``; ``ignore_sigint``: started with SIGINT ignored, as a background job of a
+    non-interactive shell is). Its output goes to ``log`` (a file, not a pipe: nothing can block on
+    a full pipe buffer)."""
+    ignore = (lambda: signal.signal(signal.SIGINT, signal.SIG_IGN)) if ignore_sigint else None
     with log.open("w") as sink:
         process = subprocess.Popen([sys.executable, "-m", "tcl.cli", "serve-demo", "--checkpoint", str(checkpoint),
                                     "--port", "0", *options], stdout=sink, stderr=subprocess.STDOUT,
-                                   start_new_session=True)
+                                   start_new_session=True, preexec_fn=ignore)
     try:
         deadline = time.monotonic() + 60
         while not (match := re.search(r"TCL demo on (http://\S+)", log.read_text())):
@@ -108,7 +113,7 @@ def _serve_demo_command(checkpoint: Path, log: Path, *options: str) -> Iterator[
             time.sleep(0.1)
         yield match.group(1)
     finally:
-        process.send_signal(signal.SIGINT)  # Ctrl-C: the command stops its server and exits
+        process.send_signal(stop_signal)  # Ctrl-C or a service manager: the command stops its server and exits
         try:
             process.wait(timeout=20)
         except subprocess.TimeoutExpired:
@@ -116,6 +121,23 @@ def _serve_demo_command(checkpoint: Path, log: Path, *options: str) -> Iterator[
             process.wait(timeout=10)
             raise
     assert process.returncode == 0, log.read_text()
+
+
+@pytest.mark.parametrize(("stop_signal", "ignore_sigint"),
+                         [(signal.SIGINT, False), (signal.SIGINT, True), (signal.SIGTERM, False)],
+                         ids=["sigint", "sigint-inherited-ignored", "sigterm"])
+def test_serve_demo_stops_on_signal_despite_an_idle_connection(tiny_checkpoint, tmp_path, stop_signal, ignore_sigint):
+    log = tmp_path / "serve-demo.log"
+    with _serve_demo_command(tiny_checkpoint, log, "--short-side", "64", stop_signal=stop_signal,
+                             ignore_sigint=ignore_sigint) as url:
+        assert _request(url + "health") == (200, b"ok\n")
+        host, port = url.removeprefix("http://").rstrip("/").split(":")
+        idle = socket.create_connection((host, int(port)), timeout=20)  # a browser tab's keep-alive connection
+        idle.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert idle.recv(4096).startswith(b"HTTP/1.1 200 OK")
+    # _serve_demo_command checked the exit status (0, within 20 s); the idle connection was closed.
+    assert log.read_text().rstrip().endswith("stopped") and idle.recv(4096) == b""
+    idle.close()
 
 
 def _pixels_near(shot: np.ndarray, colour, tolerance: int = 2) -> int:

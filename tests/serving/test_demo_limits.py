@@ -108,8 +108,11 @@ def test_full_queue_gets_503_and_a_body_that_never_arrives_gets_408(predictor):
         # A client that announces 1000 bytes and sends 10 takes the only slot while it is being read.
         with socket.create_connection(("127.0.0.1", port), timeout=30) as slow:
             slow.sendall(b"POST /api/segment HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n" + b"{" * 10)
-            time.sleep(0.5)  # let the server admit it (the assertion below would not hold otherwise)
-            status, headers, body = _post(server.url, GOOD)
+            deadline = time.monotonic() + 20
+            while (answer := _post(server.url, GOOD))[0] == 200:  # until the server has admitted it
+                assert time.monotonic() < deadline, "the slow request never took the slot"
+                time.sleep(0.1)
+            status, headers, body = answer
             assert status == 503 and int(headers["retry-after"]) >= 1, body
             assert body == {"error": "busy: 1 requests are being served or waiting; try again shortly"}
             response = http.client.HTTPResponse(slow)
@@ -119,6 +122,13 @@ def test_full_queue_gets_503_and_a_body_that_never_arrives_gets_408(predictor):
         # The slot is free again.
         status, _, body = _post(server.url, GOOD)
         assert status == 200 and body["classes"] == ["background", "red disc", "blue square"]
+
+
+def test_serve_demo_refuses_bad_limits_in_one_line(tiny_checkpoint, capsys):
+    from tcl.cli import main
+
+    assert main(["serve-demo", "--checkpoint", str(tiny_checkpoint), "--queue", "-1"]) == 2
+    assert capsys.readouterr().err == "tcl: error: queue must be >= 0, got -1\n"
 
 
 def test_slow_clients_neither_block_others_nor_stay_connected(predictor):

@@ -122,6 +122,13 @@ def test_full_queue_gets_503_and_a_body_that_never_arrives_gets_408(predictor):
         # The slot is free again.
         status, _, body = _post(server.url, GOOD)
         assert status == 200 and body["classes"] == ["background", "red disc", "blue square"]
+        # A refused body's announced rest is not waited for forever either: closed after the read timeout.
+        with socket.create_connection(("127.0.0.1", port), timeout=30) as liar:
+            liar.sendall(b"POST /api/segment HTTP/1.1\r\nHost: x\r\nContent-Length: 10000000000\r\n\r\n{")
+            response = http.client.HTTPResponse(liar)
+            response.begin()
+            assert response.status == 413 and b"upload too large" in response.read()
+            assert liar.recv(1) == b""  # the server hung up (a timeout here raises instead)
 
 
 def test_serve_demo_refuses_bad_limits_in_one_line(tiny_checkpoint, capsys):

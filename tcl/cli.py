@@ -79,6 +79,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_inference_options(serve)
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (127.0.0.1)")
     serve.add_argument("--port", type=int, default=7860, help="port (7860; 0 picks a free one)")
+    serve.add_argument("--max-phrases", type=int, default=64, help="refuse requests with more phrases (64)")
+    serve.add_argument("--workers", type=int, default=1, help="inference threads (1; the model runs one at a time)")
+    serve.add_argument("--queue", type=int, default=32,
+                       help="requests admitted beyond those running; more get 503 + Retry-After (32)")
+    serve.add_argument("--read-timeout", type=float, default=10.0,
+                       help="seconds for a request's headers, and for its body (10)")
 
     demo = commands.add_parser("demo", help="offline smoke run on the params.yaml model",
                                description="Runs `tcl predict`'s code path on the model that "
@@ -146,10 +152,12 @@ def _run_predict(args) -> None:
 
 
 def _run_serve_demo(args) -> None:
-    from .serving.demo import serve_demo
+    from .serving.demo import DemoLimits, serve_demo
 
+    limits = DemoLimits(max_phrases=args.max_phrases, workers=args.workers, queue=args.queue,
+                        read_timeout=args.read_timeout)  # invalid limits fail before the model loads
     predictor = _load_predictor(args)
-    serve_demo(predictor, host=args.host, port=args.port)
+    serve_demo(predictor, host=args.host, port=args.port, limits=limits)
 
 
 def _run_demo(args) -> None:

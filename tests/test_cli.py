@@ -71,7 +71,7 @@ def test_bad_input_gives_one_line_errors(tmp_path, tiny_checkpoint, capsys):
     assert error(str(tmp_path / "missing.jpg"), "--phrases", "cat", *ckpt) == \
         f"tcl: error: image not found: {tmp_path / 'missing.jpg'}"
     assert error(str(tmp_path / "not_an_image.png"), "--phrases", "cat", "--checkpoint", "absent.pth") == \
-        f"tcl: error: cannot read image {tmp_path / 'not_an_image.png'}: not an image file PIL can decode " \
+        f"tcl: error: cannot read {tmp_path / 'not_an_image.png'}: not an image file PIL can decode " \
         "(PNG, JPEG, ...)"
     scene().save(tmp_path / "ok.png")
     assert error(str(tmp_path / "ok.png"), "--phrases", "cat", "--checkpoint", str(tmp_path / "absent.pth")) == \

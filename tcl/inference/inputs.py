@@ -84,12 +84,12 @@ def _opened(source, name: str, max_pixels: int) -> Iterator[Image.Image]:
     except Image.DecompressionBombError:
         raise TooLargeError(f"{name}: image too large (over PIL's decompression-bomb limit)") from None
     except UnidentifiedImageError:
-        raise InputError(f"cannot read image {name}: not an image file PIL can decode (PNG, JPEG, ...)") from None
+        raise InputError(f"cannot read {name}: not an image file PIL can decode (PNG, JPEG, ...)") from None
     except (OSError, SyntaxError, ValueError) as err:
         if isinstance(err, InputError):
             raise
         reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise InputError(f"cannot read image {name}: {reason}") from None
+        raise InputError(f"cannot read {name}: {reason}") from None
 
 
 def decode_image(data: bytes | io.BufferedIOBase | os.PathLike, name: str,

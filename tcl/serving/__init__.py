@@ -15,6 +15,7 @@ _WHERE = {
     "encode_image": "pyfunc",
     "decode_label_map": "pyfunc",
     "DemoServer": "demo",
+    "DemoLimits": "demo",
     "serve_demo": "demo",
 }
 __all__ = list(_WHERE)

@@ -12,13 +12,26 @@ Artifacts: the checkpoint and, where the model needs one, the CLIP weights file.
 is stored with the model (``code_paths``), so the logged model serves the code it was logged with.
 The pixel limit is part of the model config, not a request parameter: clients cannot raise it.
 Bad input raises ``MlflowException`` (HTTP 400 with the one-line message); the server keeps serving.
+
+Unknown request parameters: MLflow (3.x, ``mlflow.models.utils._enforce_params_schema``) drops every
+``params`` key that the signature's ``ParamSchema`` does not declare, with only a logged warning,
+before ``predict`` is called, and offers no switch to make that an error. So a misspelt option
+(``bg_treshold``) would silently fall back to the default. :class:`TCLSegmentationModel` watches for
+that warning (a logging filter that records the dropped names for the calling thread, and lets the
+warning through) and refuses the request with ``INVALID_PARAMETER_VALUE`` naming them, in
+``mlflow.pyfunc.load_model(...).predict`` and in ``mlflow models serve`` alike. This relies on MLflow
+logging that warning (its logger ``mlflow.models.utils`` at WARNING, MLflow's default level).
 """
 
 from __future__ import annotations
 
+import ast
 import base64
 import io
+import logging
 import os
+import re
+import threading
 import time
 from dataclasses import asdict, fields, replace
 from pathlib import Path
@@ -89,6 +102,48 @@ def _invalid(message: str) -> MlflowException:
     return MlflowException(message, error_code=INVALID_PARAMETER_VALUE)
 
 
+class _DroppedParams(logging.Filter):
+    """Records, per thread, the request parameters that MLflow's params validation drops (see the
+    module docstring), with the parameter set it validated against, so one model's warning is not
+    taken for another's. Installed once on MLflow's logger; passes every record on unchanged."""
+
+    _PATTERN = re.compile(r"^Unrecognized params (\[.*?\]) are ignored for inference\. "
+                          r"Supported params are: (\{.*?\})\.")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._local = threading.local()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if match := self._PATTERN.match(record.getMessage()):
+            try:
+                names, supported = ast.literal_eval(match.group(1)), ast.literal_eval(match.group(2))
+                self._local.dropped = (sorted(map(str, names)), frozenset(map(str, supported)))
+            except (ValueError, SyntaxError, TypeError):
+                self._local.dropped = ([match.group(1)], None)
+        return True
+
+    def take(self, accepted: frozenset[str]) -> list[str]:
+        """The names dropped for this thread's latest call to a model accepting ``accepted``, forgotten
+        once read."""
+        names, supported = getattr(self._local, "dropped", ([], None))
+        self._local.dropped = ([], None)
+        return names if supported in (None, accepted) else []
+
+    @classmethod
+    def install(cls) -> _DroppedParams:
+        logger = logging.getLogger("mlflow.models.utils")  # where _enforce_params_schema logs
+        for existing in logger.filters:
+            if type(existing).__name__ == cls.__name__:  # one per process, even if this module is loaded twice
+                return existing
+        watcher = cls()
+        logger.addFilter(watcher)
+        return watcher
+
+
+_ACCEPTED = frozenset(["background", "label_format", *_REQUEST_PARAMS])
+
+
 class TCLSegmentationModel(mlflow.pyfunc.PythonModel):
     """MLflow pyfunc wrapper around :class:`tcl.inference.Predictor` (see the module docstring)."""
 
@@ -103,6 +158,7 @@ class TCLSegmentationModel(mlflow.pyfunc.PythonModel):
         clip_weights = context.artifacts.get("clip_weights") or config.get("clip_weights")
         model = load_inference_model(context.artifacts["checkpoint"], clip_weights=clip_weights, device=device)
         self.predictor = Predictor(model, options)
+        self._dropped = _DroppedParams.install()
 
     def _options(self, params: dict[str, Any] | None) -> tuple[PredictOptions, str]:
         params = dict(params or {})
@@ -118,6 +174,10 @@ class TCLSegmentationModel(mlflow.pyfunc.PythonModel):
 
     # The DataFrame hint keeps MLflow on the explicit signature (no type-hint inference or warning).
     def predict(self, context, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+        dropped = self._dropped.take(_ACCEPTED) if hasattr(self, "_dropped") else []
+        if dropped:
+            raise _invalid(f"unknown request parameter(s) {', '.join(dropped)}; this model accepts: "
+                           f"{', '.join(sorted(_ACCEPTED))}")
         try:
             options, label_format = self._options(params)
             frame = model_input if isinstance(model_input, pd.DataFrame) else pd.DataFrame(model_input)

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import base64
+import http.client
 import io
 import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -70,11 +72,11 @@ def test_demo_api_segments_and_keeps_serving_after_bad_requests(predictor):
         noise = Image.fromarray(np.random.default_rng(0).integers(0, 255, (250, 250, 3), dtype=np.uint8))
         bad = [
             ({"image": "data:image/png;base64," + base64.b64encode(b"hello").decode(), "phrases": "cat"}, 400,
-             "cannot read image the upload: not an image file"),
-            ({"image": "data:image/png;base64,%%%", "phrases": "cat"}, 400, "the upload: not valid base64"),
+             "cannot read the uploaded image: not an image file"),
+            ({"image": "data:image/png;base64,%%%", "phrases": "cat"}, 400, "the uploaded image: not valid base64"),
             ({"image": _png(image), "phrases": " , "}, 400, "no phrases given"),
             ({"image": _png(scene(300, 200)), "phrases": "cat"}, 413,
-             "the upload: image too large (300x200 = 60000 pixels; the limit is 40000)"),
+             "the uploaded image: image too large (300x200 = 60000 pixels; the limit is 40000)"),
             ({"image": _png(noise), "phrases": "cat"}, 413, "upload too large"),
             ({"image": _png(image), "phrases": "cat", "kp_w": "high"}, 400, "kp_w must be a number"),
             ({"image": _png(image), "phrases": "cat", "kp_w": 7}, 400, "kp_w must be in [0, 1]"),
@@ -93,13 +95,17 @@ def test_demo_api_segments_and_keeps_serving_after_bad_requests(predictor):
 
 
 @contextmanager
-def _serve_demo_command(checkpoint: Path, log: Path, *options: str) -> Iterator[str]:
-    """``tcl serve-demo`` as a subprocess on a free port; yields its URL, always stops it. Its output
-    goes to ``log`` (a file, not a pipe: nothing can block on a full pipe buffer)."""
+def _serve_demo_command(checkpoint: Path, log: Path, *options: str, stop_signal: int = signal.SIGINT,
+                        ignore_sigint: bool = False) -> Iterator[str]:
+    """``tcl serve-demo`` as a subprocess on a free port; yields its URL, always stops it (with
+    ``stop_signal``; ``ignore_sigint``: started with SIGINT ignored, as a background job of a
+    non-interactive shell is). Its output goes to ``log`` (a file, not a pipe: nothing can block on
+    a full pipe buffer)."""
+    ignore = (lambda: signal.signal(signal.SIGINT, signal.SIG_IGN)) if ignore_sigint else None
     with log.open("w") as sink:
         process = subprocess.Popen([sys.executable, "-m", "tcl.cli", "serve-demo", "--checkpoint", str(checkpoint),
                                     "--port", "0", *options], stdout=sink, stderr=subprocess.STDOUT,
-                                   start_new_session=True)
+                                   start_new_session=True, preexec_fn=ignore)
     try:
         deadline = time.monotonic() + 60
         while not (match := re.search(r"TCL demo on (http://\S+)", log.read_text())):
@@ -108,7 +114,7 @@ def _serve_demo_command(checkpoint: Path, log: Path, *options: str) -> Iterator[
             time.sleep(0.1)
         yield match.group(1)
     finally:
-        process.send_signal(signal.SIGINT)  # Ctrl-C: the command stops its server and exits
+        process.send_signal(stop_signal)  # Ctrl-C or a service manager: the command stops its server and exits
         try:
             process.wait(timeout=20)
         except subprocess.TimeoutExpired:
@@ -116,6 +122,25 @@ def _serve_demo_command(checkpoint: Path, log: Path, *options: str) -> Iterator[
             process.wait(timeout=10)
             raise
     assert process.returncode == 0, log.read_text()
+
+
+@pytest.mark.parametrize(("stop_signal", "ignore_sigint"),
+                         [(signal.SIGINT, False), (signal.SIGINT, True), (signal.SIGTERM, False)],
+                         ids=["sigint", "sigint-inherited-ignored", "sigterm"])
+def test_serve_demo_stops_on_signal_despite_an_idle_connection(tiny_checkpoint, tmp_path, stop_signal, ignore_sigint):
+    log = tmp_path / "serve-demo.log"
+    with _serve_demo_command(tiny_checkpoint, log, "--short-side", "64", stop_signal=stop_signal,
+                             ignore_sigint=ignore_sigint) as url:
+        assert _request(url + "health") == (200, b"ok\n")
+        host, port = url.removeprefix("http://").rstrip("/").split(":")
+        idle = socket.create_connection((host, int(port)), timeout=20)  # a browser tab's keep-alive connection
+        idle.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+        response = http.client.HTTPResponse(idle)
+        response.begin()
+        assert response.status == 200 and response.read() == b"ok\n" and not response.will_close
+    # _serve_demo_command checked the exit status (0, within 20 s); the idle connection was closed.
+    assert log.read_text().rstrip().endswith("stopped") and idle.recv(4096) == b""
+    idle.close()
 
 
 def _pixels_near(shot: np.ndarray, colour, tolerance: int = 2) -> int:

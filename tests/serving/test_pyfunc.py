@@ -66,6 +66,12 @@ def test_registered_model_loads_and_segments(registered, reference, monkeypatch)
     no_bg = reference.segment(images[0], "red disc, blue square", PredictOptions(short_side=64, bg_thresh=None))
     assert np.array_equal(decode_label_map(png["labels"]), no_bg.labels)
 
+    # MLflow itself drops a parameter the signature does not declare (with a warning): the model refuses it.
+    with pytest.raises(MlflowException, match=r"^unknown request parameter\(s\) bg_treshold, pamr_off; this model "
+                                              r"accepts: background, bg_thresh, kp_w, label_format, pamr, short_side"):
+        model.predict(frame.iloc[:1], params={"bg_treshold": 0.9, "pamr_off": True, "background": False})
+    assert model.predict(frame.iloc[:1], params={"background": False})[0]["classes"] == ["red disc", "blue square"]
+
     for frame, message in [
         (pd.DataFrame({"image": [encode_image(b"not an image")], "phrases": ["cat"]}), "row 0: not an image"),
         (pd.DataFrame({"image": ["%%%"], "phrases": ["cat"]}), "row 0: not valid base64"),
@@ -138,6 +144,9 @@ def test_mlflow_models_serve_segments_over_http(registered, reference, tmp_path)
         for record, message in bad:
             status, body = _post(f"{base}/invocations", {"dataframe_records": [record]})
             assert status == 400 and body["error_code"] == "INVALID_PARAMETER_VALUE" and message in body["message"]
+        status, body = _post(f"{base}/invocations", {**good, "params": {"bg_treshold": 0.9}})
+        assert status == 400 and body["error_code"] == "INVALID_PARAMETER_VALUE"
+        assert "unknown request parameter(s) bg_treshold; this model accepts: background, bg_thresh" in body["message"]
         # Still serving, with request parameters from the signature.
         status, body = _post(f"{base}/invocations", {**good, "params": {"background": False, "sliding": True}})
         assert status == 200 and body["predictions"][0]["classes"] == ["red disc", "blue square"]

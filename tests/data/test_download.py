@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import importlib.util
 import io
@@ -354,3 +355,109 @@ def test_killed_run_leaves_only_complete_shards_and_resumes(tmp_path, server, ca
     assert len(_read_shard(out / "cc-000001.tar")) == 2
     assert not list(work_dir(out, "cc-").glob("*.tar"))
     assert json.loads((tmp_path / "stats.json").read_text())["samples_succeeded"] == 4
+
+
+# --------------------------------------------------------------------------- interrupted runs lose nothing
+
+MISSING, UNDECODABLE = (17, 101, 230), (40, 163)  # rows that fail for good: 404, not an image
+
+
+def _corpus(root: Path, rows: int = 240) -> tuple[Path, set[str]]:
+    """A served corpus (hard links to one 640×480 JPEG, so decoding takes a moment) with a few rows that
+    can never be delivered; the list and the captions of the rows that can."""
+    (root / "img").mkdir(parents=True)
+    buffer = io.BytesIO()
+    Image.effect_noise((640, 480), 60).convert("RGB").save(buffer, "JPEG", quality=90)
+    (root / "base.jpg").write_bytes(buffer.getvalue())
+    lines, deliverable = [], set()
+    for i in range(rows):
+        name = f"img/{i:04d}.jpg"
+        if i in UNDECODABLE:
+            (root / name).write_text("<html>not an image</html>")
+        elif i not in MISSING:
+            os.link(root / "base.jpg", root / name)
+            deliverable.add(f"caption {i}")
+        lines.append(f"{name}\tcaption {i}")
+    (root / "pairs.tsv").write_text("\n".join(lines) + "\n")
+    return root / "pairs.tsv", deliverable
+
+
+def _group_members(pgid: int) -> list[int]:
+    """PIDs of the live (not zombie) processes in process group ``pgid``, from /proc."""
+    members = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # gone meanwhile
+        if fields[0] != "Z" and int(fields[2]) == pgid:
+            members.append(int(stat.parent.name))
+    return members
+
+
+def _interrupt_and_resume(tmp_path: Path, how: str, when: str, capsys) -> None:
+    """Start the stage in its own session, interrupt it (``how``: SIGKILL of the parent alone or of its
+    process group, SIGTERM of the parent) once ``when`` (the first shard, half of them) is written; then
+    no process of it may remain, and a rerun must end with every deliverable sample exactly once."""
+    url_list, deliverable = _corpus(tmp_path / "corpus")
+    out, stats_path = tmp_path / "shards", tmp_path / "stats.json"
+    args = ["--list", str(url_list), "--serve-root", str(tmp_path / "corpus"), "--out", str(out),
+            "--prefix", "synthetic-", "--samples-per-shard", "20", "--processes", "2", "--threads", "4",
+            "--image-size", "32", "--stats", str(stats_path)]
+    shards = 12
+    enough = 1 if when == "first_shard" else shards // 2
+    work = work_dir(out, "synthetic-")
+    log = (tmp_path / "killed.log").open("w")
+    first = subprocess.Popen([sys.executable, STAGE, *args], stdout=log, stderr=subprocess.STDOUT,
+                             env=dict(os.environ, NO_ALBUMENTATIONS_UPDATE="1"), start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while len(list(work.glob("*_stats.json"))) < enough:
+            assert first.poll() is None, f"the stage ended before it was interrupted: {first.returncode}"
+            assert time.monotonic() < deadline, "no shard was written in 120 s"
+            time.sleep(0.02)
+        if how == "kill_group":
+            os.killpg(first.pid, signal.SIGKILL)
+        else:
+            os.kill(first.pid, signal.SIGKILL if how == "kill_parent" else signal.SIGTERM)
+        returncode = first.wait(60)
+        deadline = time.monotonic() + 30
+        while (left := _group_members(first.pid)) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not left, f"processes outlived the stage: {left}"
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(first.pid, signal.SIGKILL)  # only the group this test started
+        first.wait(30)
+        log.close()
+    assert returncode != 0 and (how != "term_parent" or returncode == 130), returncode
+    assert len(list(work.glob("*_stats.json"))) < shards, "interrupted too late to test anything"
+
+    capsys.readouterr()
+    assert _load_stage().main(args) == 0
+    captions = Counter()
+    for tar in sorted(out.glob("synthetic-*.tar")):
+        captions.update(sample["txt"].decode() for sample in _read_shard(tar).values())
+    assert sorted(captions.elements()) == sorted(deliverable)  # each deliverable sample, once
+    stats = json.loads(stats_path.read_text())
+    assert stats["failed_by_reason"] == {"HTTP Error 404: File not found": len(MISSING),
+                                         "Image decoding error": len(UNDECODABLE)}
+    assert stats["samples_succeeded"] == len(deliverable) and stats["failed_transient"] == 0
+    assert stats["shards"] == shards and not list(work.glob("*.tar"))
+    # the permanent failures are final: nothing is downloaded again
+    again = download_shards(url_list, out, prefix="synthetic-", serve_root=tmp_path / "corpus", image_size=32,
+                            number_sample_per_shard=20)
+    assert again["shards_downloaded_now"] == 0 and again["samples_succeeded"] == len(deliverable)
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="lists processes through /proc")
+def test_parent_killed_alone_loses_nothing(tmp_path, capsys):
+    _interrupt_and_resume(tmp_path, "kill_parent", "first_shard", capsys)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="lists processes through /proc")
+@pytest.mark.parametrize(("how", "when"), [("kill_parent", "midway"), ("kill_group", "first_shard"),
+                                           ("kill_group", "midway"), ("term_parent", "midway")])
+def test_interrupted_runs_lose_nothing(tmp_path, capsys, how, when):
+    _interrupt_and_resume(tmp_path, how, when, capsys)

@@ -360,11 +360,13 @@ def test_killed_run_leaves_only_complete_shards_and_resumes(tmp_path, server, ca
 # --------------------------------------------------------------------------- interrupted runs lose nothing
 
 MISSING, UNDECODABLE = (17, 101, 230), (40, 163)  # rows that fail for good: 404, not an image
+BLOCKED = (110, 215)  # rows from the test's server that answer only once it is released
 
 
-def _corpus(root: Path, rows: int = 240) -> tuple[Path, set[str]]:
+def _corpus(root: Path, server: ImageServer | None = None, rows: int = 240) -> tuple[Path, set[str]]:
     """A served corpus (hard links to one 640×480 JPEG, so decoding takes a moment) with a few rows that
-    can never be delivered; the list and the captions of the rows that can."""
+    can never be delivered and, with ``server``, a few that wait for it; the list and the captions of
+    the rows that can be delivered."""
     (root / "img").mkdir(parents=True)
     buffer = io.BytesIO()
     Image.effect_noise((640, 480), 60).convert("RGB").save(buffer, "JPEG", quality=90)
@@ -372,7 +374,10 @@ def _corpus(root: Path, rows: int = 240) -> tuple[Path, set[str]]:
     lines, deliverable = [], set()
     for i in range(rows):
         name = f"img/{i:04d}.jpg"
-        if i in UNDECODABLE:
+        if server is not None and i in BLOCKED:
+            name = server.url(f"/blocked/{i}.jpg")
+            deliverable.add(f"caption {i}")
+        elif i in UNDECODABLE:
             (root / name).write_text("<html>not an image</html>")
         elif i not in MISSING:
             os.link(root / "base.jpg", root / name)
@@ -395,15 +400,17 @@ def _group_members(pgid: int) -> list[int]:
     return members
 
 
-def _interrupt_and_resume(tmp_path: Path, how: str, when: str, capsys) -> None:
-    """Start the stage in its own session, interrupt it (``how``: SIGKILL of the parent alone or of its
-    process group, SIGTERM of the parent) once ``when`` (the first shard, half of them) is written; then
-    no process of it may remain, and a rerun must end with every deliverable sample exactly once."""
-    url_list, deliverable = _corpus(tmp_path / "corpus")
+def _interrupt_and_resume(tmp_path: Path, server: ImageServer, how: str, when: str, capsys) -> None:
+    """Start the stage in its own session and interrupt it (``how``: SIGKILL of the parent alone or of
+    its process group, SIGTERM of the parent) once ``when``: the first shard or half of them are
+    written, or a worker waits on the test's server (two rows block for 30 s, under a 25 s timeout).
+    Then no process of it may remain 10 s later, and a rerun must end with every deliverable sample
+    exactly once and the permanent failures counted, not retried."""
+    url_list, deliverable = _corpus(tmp_path / "corpus", server)
     out, stats_path = tmp_path / "shards", tmp_path / "stats.json"
     args = ["--list", str(url_list), "--serve-root", str(tmp_path / "corpus"), "--out", str(out),
             "--prefix", "synthetic-", "--samples-per-shard", "20", "--processes", "2", "--threads", "4",
-            "--image-size", "32", "--stats", str(stats_path)]
+            "--image-size", "32", "--timeout", "25", "--stats", str(stats_path)]
     shards = 12
     enough = 1 if when == "first_shard" else shards // 2
     work = work_dir(out, "synthetic-")
@@ -412,7 +419,8 @@ def _interrupt_and_resume(tmp_path: Path, how: str, when: str, capsys) -> None:
                              env=dict(os.environ, NO_ALBUMENTATIONS_UPDATE="1"), start_new_session=True)
     try:
         deadline = time.monotonic() + 120
-        while len(list(work.glob("*_stats.json"))) < enough:
+        while (len(list(work.glob("*_stats.json"))) < enough if when != "blocked"
+               else not any(path.startswith("/blocked/") for path in list(server.requests))):
             assert first.poll() is None, f"the stage ended before it was interrupted: {first.returncode}"
             assert time.monotonic() < deadline, "no shard was written in 120 s"
             time.sleep(0.02)
@@ -421,7 +429,7 @@ def _interrupt_and_resume(tmp_path: Path, how: str, when: str, capsys) -> None:
         else:
             os.kill(first.pid, signal.SIGKILL if how == "kill_parent" else signal.SIGTERM)
         returncode = first.wait(60)
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + 10
         while (left := _group_members(first.pid)) and time.monotonic() < deadline:
             time.sleep(0.1)
         assert not left, f"processes outlived the stage: {left}"
@@ -433,6 +441,7 @@ def _interrupt_and_resume(tmp_path: Path, how: str, when: str, capsys) -> None:
     assert returncode != 0 and (how != "term_parent" or returncode == 130), returncode
     assert len(list(work.glob("*_stats.json"))) < shards, "interrupted too late to test anything"
 
+    server.release.set()
     capsys.readouterr()
     assert _load_stage().main(args) == 0
     captions = Counter()
@@ -446,18 +455,19 @@ def _interrupt_and_resume(tmp_path: Path, how: str, when: str, capsys) -> None:
     assert stats["shards"] == shards and not list(work.glob("*.tar"))
     # the permanent failures are final: nothing is downloaded again
     again = download_shards(url_list, out, prefix="synthetic-", serve_root=tmp_path / "corpus", image_size=32,
-                            number_sample_per_shard=20)
+                            number_sample_per_shard=20, timeout=25)
     assert again["shards_downloaded_now"] == 0 and again["samples_succeeded"] == len(deliverable)
 
 
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="lists processes through /proc")
-def test_parent_killed_alone_loses_nothing(tmp_path, capsys):
-    _interrupt_and_resume(tmp_path, "kill_parent", "first_shard", capsys)
+def test_parent_killed_alone_loses_nothing(tmp_path, server, capsys):
+    _interrupt_and_resume(tmp_path, server, "kill_parent", "blocked", capsys)
 
 
 @pytest.mark.slow
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="lists processes through /proc")
-@pytest.mark.parametrize(("how", "when"), [("kill_parent", "midway"), ("kill_group", "first_shard"),
-                                           ("kill_group", "midway"), ("term_parent", "midway")])
-def test_interrupted_runs_lose_nothing(tmp_path, capsys, how, when):
-    _interrupt_and_resume(tmp_path, how, when, capsys)
+@pytest.mark.parametrize(("how", "when"), [("kill_parent", "first_shard"), ("kill_parent", "midway"),
+                                           ("kill_group", "first_shard"), ("kill_group", "midway"),
+                                           ("term_parent", "blocked")])
+def test_interrupted_runs_lose_nothing(tmp_path, server, capsys, how, when):
+    _interrupt_and_resume(tmp_path, server, how, when, capsys)

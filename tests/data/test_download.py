@@ -24,7 +24,7 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from tcl.data.download import DownloadError, download_shards, read_url_list, shard_name, work_dir
+from tcl.data.download import DownloadError, download_shards, is_transient, read_url_list, shard_name, work_dir
 
 REPO = Path(__file__).resolve().parents[2]
 STAGE = str(REPO / "stages" / "download.py")
@@ -227,6 +227,7 @@ def test_shards_failures_and_resume(tmp_path, server):
     assert stats["samples_attempted"] == 10 and stats["samples_succeeded"] == 6 and stats["samples_failed"] == 4
     assert stats["failed_by_reason"] == {"HTTP Error 404: Not Found": 1, "timed out": 1, "Image decoding error": 2}
     assert stats["failed_to_download"] == 2 and stats["failed_to_resize"] == 2
+    assert stats["failed_transient"] == 1  # the timeout: final, since this run was not interrupted
     assert stats["shards"] == 3 and stats["shard_bytes"] == sum((out / n).stat().st_size for n in names)
     assert stats["shards_downloaded_now"] == 3 and stats["throughput_samples_per_s"] > 0
 
@@ -358,6 +359,17 @@ def test_killed_run_leaves_only_complete_shards_and_resumes(tmp_path, server, ca
 
 
 # --------------------------------------------------------------------------- interrupted runs lose nothing
+
+@pytest.mark.parametrize(("message", "transient"), [
+    ("<urlopen error [Errno 111] Connection refused>", True), ("timed out", True),
+    ("<urlopen error timed out>", True), ("[Errno 104] Connection reset by peer", True),
+    ("Remote end closed connection without response", True), ("HTTP Error 503: Service Unavailable", True),
+    ("HTTP Error 429: Too Many Requests", True), ("HTTP Error 404: Not Found", False),
+    ("HTTP Error 403: Forbidden", False), ("Image decoding error", False),
+    ("<urlopen error [Errno -2] Name or service not known>", False)])
+def test_transient_failures_are_told_from_permanent_ones(message, transient):
+    assert is_transient(message) is transient
+
 
 MISSING, UNDECODABLE = (17, 101, 150), (40, 123)  # rows that fail for good: 404, not an image
 BLOCKED = (70, 130)  # rows from the test's server that answer only once it is released

@@ -8,8 +8,10 @@
 The list is a TSV (CC3M's caption<TAB>url, CC12M's url<TAB>caption, with or without a header) or a
 parquet file; the column order is detected. Shards are <prefix>000000.tar, ... holding .jpg, .txt
 and .json per sample; a shard gets its final name only when complete, so an interrupted run
-resumes when the same command is run again. --serve-root serves a folder on 127.0.0.1 for lists of
-relative paths (the built-in synthetic corpus). --distributor pyspark or ray (when installed) hands
+(even a SIGKILL of this process alone: img2dataset's processes exit with it) resumes when the same
+command is run again, downloading again the shards it wrote with transient failures.
+--serve-root serves a folder on 127.0.0.1 for lists of relative paths (the built-in synthetic
+corpus). --distributor pyspark or ray (when installed) hands
 the shards to img2dataset's Spark or Ray distributor instead of local processes. With --params and
 --source, the defaults of every option come from that entry of the file's download.sources section
 (what the DVC stage download@<name> runs); options given on the command line still win.

@@ -16,6 +16,16 @@ pyspark or ray); this module only puts a thin, resumable frame around it:
   starts. A shard under its final name is therefore always complete, and an interrupted run
   resumes where it stopped. The work folder keeps the per-shard stats and img2dataset's per-sample
   parquet (URL, status, error) of every shard.
+* **Nothing lost to an interruption.** img2dataset's worker processes die with the process that
+  started them (a thread in each watches the parent PID): a SIGKILL of the stage alone (an OOM
+  kill, a dropped SSH session) used to leave them finishing their shards against a dead loopback
+  server, recording "Connection refused" for every remaining sample. And whatever an interrupted
+  run wrote is suspect: the shards a run is about to download are journalled (``unsettled.txt``),
+  the journal is cleared only when img2dataset returns normally, and the next run deletes and
+  downloads again every journalled shard whose stats show a *transient* failure (connection
+  refused or reset, timeout, HTTP 5xx/408/429: :func:`is_transient`). Transient failures of a run
+  that finished, and permanent ones (404, not an image) of any run, are final and counted
+  (``failed_transient`` counts the former).
 * **Optionally the same bytes on every run.** img2dataset's threads append samples as their
   downloads finish; with ``sort_samples`` the shard is instead written to its final name with the
   samples in key order and zeroed member times, so the training stream, and a training run,
@@ -54,8 +64,8 @@ import pyarrow.parquet as pq
 from ..atomic import write_text_atomic
 from .url_lists import DownloadError, read_url_list, rewrite_relative_urls, serve_directory
 
-__all__ = ["DownloadError", "download_shards", "read_url_list", "serve_directory", "shard_name", "work_dir",
-           "DISTRIBUTORS", "RESIZE_MODES", "ENCODE_FORMATS", "SHARD_DIGITS"]
+__all__ = ["DownloadError", "download_shards", "is_transient", "read_url_list", "serve_directory", "shard_name",
+           "work_dir", "DISTRIBUTORS", "RESIZE_MODES", "ENCODE_FORMATS", "SHARD_DIGITS"]
 
 DISTRIBUTORS = ("multiprocessing", "pyspark", "ray")
 RESIZE_MODES = ("no", "keep_ratio", "keep_ratio_largest", "center_crop", "border")
@@ -71,7 +81,31 @@ _RESERVED_ARGS = {"url_list", "output_folder", "input_format", "url_col", "capti
 _RUNTIME_ARGS = {"enable_wandb", "wandb_project", "subjob_size", "max_shard_retry", "user_agent_token"}
 # Not ``*.json``: img2dataset parses the shard id out of every ``*.json`` name in its output folder.
 _SETTINGS_FILE = "settings.txt"
+# Shards handed to img2dataset by a run that has not (yet) returned normally; see _forget_interrupted.
+_JOURNAL_FILE = "unsettled.txt"
 _INPUT_FILE = "_input.parquet"
+# img2dataset's per-sample errors that say nothing about the URL itself: the same request may succeed later.
+_TRANSIENT = re.compile(
+    r"timed? ?out|connection (refused|reset|aborted)|remote end closed|broken pipe|incompleteread"
+    r"|temporary failure|network is unreachable|errno (32|101|104|110|111|113)\b|HTTP Error (5\d\d|408|429)\b",
+    re.IGNORECASE)
+# Run first in every img2dataset pool worker (as ``exec(_DIE_WITH_PARENT, {"PARENT": pid})``; stdlib only, so a
+# worker, which the pool restarts every 5 shards, does not import ``tcl`` and with it torch for nothing).
+# A worker that outlived the process that started it would go on downloading into the work folder,
+# against a loopback server that died with that process, and write its shards as complete.
+# A thread watching the parent PID rather than prctl(PR_SET_PDEATHSIG): that signal follows the *thread*
+# that started the process, and the pool starts replacement workers from a thread that exits in
+# Pool.terminate, killing workers that hold the task queue's lock and so hanging terminate for ever.
+_DIE_WITH_PARENT = """
+import os, threading, time
+def _watch_parent():
+    while os.getppid() == PARENT:
+        time.sleep(0.2)
+    os._exit(1)
+if os.getppid() != PARENT:  # the parent died while this process started
+    os._exit(1)
+threading.Thread(target=_watch_parent, name="tcl-watch-parent", daemon=True).start()
+"""
 
 
 def shard_name(prefix: str, index: int) -> str:
@@ -158,6 +192,95 @@ def _reason(message: str) -> str:
     return re.sub(r" at 0x[0-9a-fA-F]+", "", message)
 
 
+def is_transient(message: str) -> bool:
+    """Whether an img2dataset per-sample error message may go away on another try (timeouts, refused or
+    reset connections, HTTP 5xx, 408 and 429) rather than describe the URL (404, not an image)."""
+    return _TRANSIENT.search(message) is not None
+
+
+def _transient_failures(stats: Mapping[str, Any]) -> int:
+    return sum(int(n) for message, n in stats.get("status_dict", {}).items()
+               if message != "success" and is_transient(message))
+
+
+def _forget_shard(work: Path, output_dir: Path, prefix: str, index: int) -> None:
+    # the stats file first: a crash half-way leaves a shard without stats, which is redone anyway
+    for path in (work / f"{index:0{SHARD_DIGITS}d}_stats.json", work / f"{index:0{SHARD_DIGITS}d}.parquet",
+                 work / f"{index:0{SHARD_DIGITS}d}.tar", output_dir / shard_name(prefix, index)):
+        path.unlink(missing_ok=True)
+
+
+def _forget_interrupted(work: Path, output_dir: Path, prefix: str) -> int:
+    """Redo the shards of an interrupted run that hold transient failures; the number of shards forgotten.
+
+    An interrupted run's transient failures may be the interruption's doing (its loopback server died
+    first, its network went with the SSH session), not the source's, so they are not final: every shard
+    in the journal (see :func:`download_shards`) whose stats count one is deleted and downloaded again.
+    Shards of the journal without such failures are complete and stay.
+    """
+    journal = work / _JOURNAL_FILE
+    if not journal.exists():
+        return 0
+    try:
+        indices = [int(i) for i in json.loads(journal.read_text())]
+    except (OSError, ValueError, TypeError):  # a journal is written atomically; unreadable means tampered
+        indices = sorted(_shard_index(p) for p in work.glob("*_stats.json"))
+    forgotten = 0
+    for index in indices:
+        stats = _read_stats(work / f"{index:0{SHARD_DIGITS}d}_stats.json")
+        if stats is not None and _transient_failures(stats):
+            _forget_shard(work, output_dir, prefix, index)
+            forgotten += 1
+    return forgotten
+
+
+def _guarded_multiprocessing_distributor(processes_count: int, downloader: Any, reader: Any, _: Any,
+                                         max_shard_retry: int) -> None:
+    """img2dataset's multiprocessing distributor (``img2dataset.distributor``), with workers that die with us."""
+    from multiprocessing import get_context
+
+    from img2dataset.distributor import retrier
+
+    ctx = get_context("spawn")
+    with ctx.Pool(processes_count, maxtasksperchild=5, initializer=exec,
+                  initargs=(_DIE_WITH_PARENT, {"PARENT": os.getpid()})) as pool:
+
+        def run(gen: Any) -> list:
+            return [row for status, row in pool.imap_unordered(downloader, gen) if status is False]
+
+        retrier(run, run(reader), max_shard_retry)
+        pool.terminate()
+        pool.join()
+
+
+def _guarded_logger_process_class() -> type:
+    """img2dataset's logger process class, dying with its parent like the workers (it polls forever otherwise).
+
+    Built on first use, not at import (img2dataset takes seconds to import), and reached through the
+    module's ``__getattr__`` so that the spawned process can unpickle it by name.
+    """
+    from img2dataset.logger import LoggerProcess
+
+    class _GuardedLoggerProcess(LoggerProcess):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self.tcl_parent = os.getpid()
+
+        def run(self) -> None:
+            exec(_DIE_WITH_PARENT, {"PARENT": self.tcl_parent})
+            super().run()
+
+    _GuardedLoggerProcess.__module__, _GuardedLoggerProcess.__qualname__ = __name__, "_GuardedLoggerProcess"
+    return _GuardedLoggerProcess
+
+
+def __getattr__(name: str) -> Any:
+    if name == "_GuardedLoggerProcess":
+        globals()[name] = cls = _guarded_logger_process_class()
+        return cls
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 def _summarise(work: Path, output_dir: Path, prefix: str, shard_count: int) -> tuple[dict[str, Any], list[int]]:
     totals = Counter()
     reasons: Counter[str] = Counter()
@@ -171,6 +294,7 @@ def _summarise(work: Path, output_dir: Path, prefix: str, shard_count: int) -> t
         shard_bytes += final.stat().st_size
         for key in ("count", "successes", "failed_to_download", "failed_to_resize"):
             totals[key] += int(stats.get(key, 0))
+        totals["failed_transient"] += _transient_failures(stats)
         for message, n in stats.get("status_dict", {}).items():
             if message != "success":
                 reasons[_reason(message)] += int(n)
@@ -183,6 +307,7 @@ def _summarise(work: Path, output_dir: Path, prefix: str, shard_count: int) -> t
         "samples_failed": totals["count"] - totals["successes"],
         "failed_to_download": totals["failed_to_download"],
         "failed_to_resize": totals["failed_to_resize"],
+        "failed_transient": totals["failed_transient"],
         "failed_by_reason": top,
         "shards": shard_count - len(missing),
         "shard_bytes": shard_bytes,
@@ -255,31 +380,46 @@ def _clear_previous(output_dir: Path, work: Path, prefix: str) -> None:
 
 @contextlib.contextmanager
 def _img2dataset_signals() -> Iterator[None]:
-    """Contain img2dataset's SIGINT handler.
+    """Contain img2dataset's SIGINT handler; make its processes die with this one.
 
     ``img2dataset.download`` installs a SIGINT handler that deletes its temp folder and calls
     ``sys.exit(0)``: an interrupted download would look like a success to DVC or Prefect, and the
     handler stays installed afterwards. Restore the previous handler and turn that exit into
-    ``KeyboardInterrupt``. ``signal.signal`` only works in the main thread, so in any other thread (a
-    Prefect task, say) img2dataset is given a ``signal`` module whose ``signal`` does nothing.
+    ``KeyboardInterrupt``; SIGTERM, when nobody handles it yet, raises ``KeyboardInterrupt`` too. The
+    multiprocessing distributor and the logger process are swapped for ones whose processes die with
+    this one (see ``_DIE_WITH_PARENT``). ``signal.signal`` only works in the main thread, so in any
+    other thread (a Prefect task, say) img2dataset is given a ``signal`` module whose ``signal`` does
+    nothing.
     """
     import img2dataset  # noqa: F401 - loads the submodule below
 
     # not ``import img2dataset.main``: the package rebinds the name ``main`` to the CLI function
     i2d_main = sys.modules["img2dataset.main"]
     in_main = threading.current_thread() is threading.main_thread()
-    previous = signal.getsignal(signal.SIGINT) if in_main else None
-    real = i2d_main.signal
+    previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)} if in_main else {}
+    real = {name: getattr(i2d_main, name) for name in ("signal", "multiprocessing_distributor", "LoggerProcess")}
     if not in_main:
         i2d_main.signal = types.SimpleNamespace(SIGINT=signal.SIGINT, signal=lambda *_: None)
+    elif previous[signal.SIGTERM] in (signal.SIG_DFL, None):
+        # SIGTERM (docker stop, a Prefect cancellation) as an interruption: the pool is terminated and the
+        # finished shards promoted on the way out, and the caller sees KeyboardInterrupt, not a success
+        signal.signal(signal.SIGTERM, _raise_interrupt)
+    i2d_main.multiprocessing_distributor = _guarded_multiprocessing_distributor
+    i2d_main.LoggerProcess = sys.modules[__name__]._GuardedLoggerProcess
     try:
         yield
     except SystemExit as err:
         raise KeyboardInterrupt("img2dataset was interrupted") from err
     finally:
-        i2d_main.signal = real
-        if in_main and previous is not None:
-            signal.signal(signal.SIGINT, previous)
+        for name, value in real.items():
+            setattr(i2d_main, name, value)
+        for signum, handler in previous.items():
+            if handler is not None:
+                signal.signal(signum, handler)
+
+
+def _raise_interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt(f"{signal.Signals(signum).name} received")
 
 
 def download_shards(url_list: str | os.PathLike, output_dir: str | os.PathLike, *, prefix: str = "",
@@ -302,9 +442,14 @@ def download_shards(url_list: str | os.PathLike, output_dir: str | os.PathLike, 
     finished shard with its samples in key order, so that the shards, and a training run reading
     them, are the same on every run (one extra read and write of each shard).
 
+    After an interruption (SIGKILL included) the same call resumes: the shards the interrupted run
+    wrote with transient failures (:func:`is_transient`) are downloaded again, and img2dataset's
+    processes never outlive the call (multiprocessing distributor; pyspark and ray manage their own).
+
     Returns the stats (written atomically to ``stats_path`` when given): samples attempted,
-    succeeded and failed (by reason), shards and their bytes over the whole dataset; wall time and
-    samples/s of this call. Raises ``DownloadError`` for unusable input and for shards that did not
+    succeeded and failed (by reason; ``failed_transient`` of them transient, from runs that
+    finished), shards and their bytes over the whole dataset; wall time, samples/s and shards redone
+    after an interruption of this call. Raises ``DownloadError`` for unusable input and for shards that did not
     complete (rerun to retry them), ``KeyboardInterrupt`` when interrupted.
     """
     start = time.perf_counter()
@@ -339,13 +484,18 @@ def download_shards(url_list: str | os.PathLike, output_dir: str | os.PathLike, 
                             "to start again, or another output directory")
     write_text_atomic(settings_file, current)
 
+    redone = _forget_interrupted(work, output_dir, prefix)
     _promote(work, output_dir, prefix, running=False, sort_samples=sort_samples)
     shard_count = math.ceil(table.num_rows / number_sample_per_shard)
     done_before = {_shard_index(p) for p in work.glob("*_stats.json")}
     to_do = [i for i in range(shard_count) if i not in done_before]
     attempted_now = sum(min(number_sample_per_shard, table.num_rows - i * number_sample_per_shard) for i in to_do)
 
+    journal = work / _JOURNAL_FILE
     if to_do:
+        # Written before img2dataset starts and removed only after it returned normally: whatever this run
+        # writes counts as written by an interrupted run until then (see _forget_interrupted).
+        write_text_atomic(journal, json.dumps(to_do))
         from img2dataset import download
 
         input_file = work / _INPUT_FILE
@@ -378,6 +528,7 @@ def download_shards(url_list: str | os.PathLike, output_dir: str | os.PathLike, 
             with contextlib.suppress(OSError, tarfile.TarError):  # even when interrupted: finished shards
                 _promote(work, output_dir, prefix, running=True, sort_samples=sort_samples)  # get their names
         _promote(work, output_dir, prefix, running=False, sort_samples=sort_samples)
+    journal.unlink(missing_ok=True)
 
     stats, missing = _summarise(work, output_dir, prefix, shard_count)
     if missing:
@@ -386,6 +537,7 @@ def download_shards(url_list: str | os.PathLike, output_dir: str | os.PathLike, 
                             "printed why above); rerun to retry them")
     wall = time.perf_counter() - start
     stats.update({"rows": table.num_rows, "rows_dropped": dropped, "shards_downloaded_now": len(to_do),
+                  "shards_redone_after_interruption": redone,
                   "samples_attempted_now": attempted_now, "wall_time_s": round(wall, 3),
                   "throughput_samples_per_s": round(attempted_now / wall, 3) if wall > 0 else 0.0})
     if stats_path is not None:

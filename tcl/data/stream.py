@@ -14,8 +14,15 @@ from pid and time, no resume). This one keeps the recipe but is reproducible and
   far. A checkpoint stores those counters (:class:`StreamState`); on resume each worker replays its
   raw stream up to its counter *without decoding* (tar reading only) and continues, so an
   interrupted run sees exactly the samples of an uninterrupted one.
-* Bad data never stops training: missing shards, corrupt tars, undecodable images, incomplete
-  samples and empty captions are skipped and counted; the counts travel with the batches.
+* Bad data never stops training; every skip is counted under its reason and the counts travel
+  with the batches (:meth:`TrainingStream.skip_counts`): ``shard_missing`` (a shard a brace
+  pattern names, a gap in a folder's ``<prefix>NNNNNN.tar`` numbering or a shard the download
+  stage's work folder records, once per run; a shard gone while reading, per read),
+  ``shard_truncated`` (a tar without its end-of-archive blocks, per read; its samples before the
+  cut are used), ``corrupt_tar`` (a tar that cannot be read), ``incomplete_sample`` (no image or no
+  caption), ``caption_not_utf8`` (skipped, not repaired with replacement characters: a caption
+  with mojibake would teach the text encoder noise), ``empty_caption``, ``undecodable_image`` and
+  ``augment_error``.
 
 Memory: the shuffle buffer holds *raw* samples (JPEG bytes + caption). At the default 2,000
 samples and ~70 KB per 512-px JPEG that is about 140 MB per worker (the official 40,000 held
@@ -27,6 +34,7 @@ from __future__ import annotations
 import glob
 import io
 import random
+import re
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -48,6 +56,9 @@ __all__ = ["AUGMENTATIONS", "ShardSource", "StreamConfig", "StreamState", "Strea
 AUGMENTATIONS = ("paper", "crop", "none")
 IMAGE_KEYS = ("jpg", "jpeg", "png", "webp")
 TEXT_KEYS = ("txt", "text")
+# <prefix><index>.tar as the download stage names shards: a gap in the indices is a missing shard
+_NUMBERED = re.compile(r"(?P<prefix>.*?)(?P<index>\d+)\.tar")
+_TAR_BLOCK = 512
 
 
 class StreamError(ValueError):
@@ -114,14 +125,55 @@ class StreamState:
                    skipped={int(k): dict(v) for k, v in data.get("skipped", {}).items()})
 
 
+def _missing_in_folder(folder: Path, present: list[Path]) -> list[str]:
+    """Shards a folder should hold but does not: gaps in each ``<prefix>NNNNNN.tar`` numbering, and shards
+    the download stage recorded (``.<prefix>img2dataset/NNNNNN_stats.json``) past the last one present."""
+    expected: set[Path] = set()
+    groups: dict[tuple[str, int], list[int]] = {}
+    for path in present:
+        if match := _NUMBERED.fullmatch(path.name):
+            groups.setdefault((match["prefix"], len(match["index"])), []).append(int(match["index"]))
+    for (prefix, width), indices in groups.items():
+        expected.update(folder / f"{prefix}{i:0{width}d}.tar" for i in range(min(indices), max(indices) + 1))
+    for work in folder.glob(".*img2dataset"):
+        prefix = work.name[1:-len("img2dataset")]
+        for stats in work.glob("*_stats.json"):
+            index = stats.name.split("_", 1)[0]
+            if index.isdigit():
+                expected.add(folder / f"{prefix}{index}.tar")
+    return sorted(str(p) for p in expected - set(present))
+
+
+def _is_truncated(path: str) -> bool:
+    """Whether a tar lacks the zero blocks that end every complete archive (a cut download or copy).
+
+    webdataset reads a cut tar without any error up to the cut, so the cut is checked here.
+    """
+    try:
+        with open(path, "rb") as f:
+            size = f.seek(0, io.SEEK_END)
+            if size < 2 * _TAR_BLOCK or size % _TAR_BLOCK:
+                return True
+            f.seek(size - 2 * _TAR_BLOCK)
+            return f.read(2 * _TAR_BLOCK).count(0) != 2 * _TAR_BLOCK
+    except OSError:
+        return False  # missing or unreadable: the reader reports it
+
+
 def expand_shards(patterns: Sequence[str]) -> tuple[list[str], list[str]]:
-    """Expand brace patterns, globs and folders into (existing shard paths, missing paths)."""
+    """Expand brace patterns, globs and folders into (existing shard paths, missing paths).
+
+    A brace pattern names its shards; for a folder, the missing ones are found by
+    :func:`_missing_in_folder`. A glob cannot tell.
+    """
     found, missing = [], []
     for pattern in patterns:
         for item in braceexpand.braceexpand(str(pattern)):
             path = Path(item)
             if path.is_dir():
-                found += sorted(str(p) for p in path.glob("*.tar"))
+                present = sorted(path.glob("*.tar"))
+                found += [str(p) for p in present]
+                missing += _missing_in_folder(path, present)
             elif any(ch in item for ch in "*?["):
                 found += sorted(glob.glob(item))
             elif path.is_file():
@@ -163,10 +215,17 @@ class _SkipCounter:
 
     def __call__(self, exn: Exception) -> bool:
         if isinstance(exn, FileNotFoundError):
-            self.counts["missing_shard"] += 1
-        else:
+            self.counts["shard_missing"] += 1
+        elif "unexpected end of data" not in str(exn):  # a cut tar: counted as shard_truncated already
             self.counts["corrupt_tar"] += 1
         return True
+
+    def checked(self, urls: Sequence[str]) -> Iterator[dict]:
+        """The shards to read, as webdataset wants them, counting those that are cut short."""
+        for url in urls:
+            if _is_truncated(url):
+                self.counts["shard_truncated"] += 1
+            yield {"url": url}
 
 
 class TrainingStream(IterableDataset):
@@ -205,6 +264,13 @@ class TrainingStream(IterableDataset):
         self.tokenizer = tokenizer
         self.transform = build_transform(config)
 
+    def skip_counts(self, state: StreamState) -> dict[str, int]:
+        """Samples and shards skipped so far, by reason: ``state``'s counts plus the shards missing at start."""
+        counts = Counter(state.skip_counts())
+        if self.missing:
+            counts["shard_missing"] += len(self.missing)
+        return dict(counts)
+
     def initial_state(self) -> StreamState:
         return self.resume or StreamState(self.config.seed, self.world_size, max(1, self.config.num_workers))
 
@@ -216,7 +282,7 @@ class TrainingStream(IterableDataset):
             random.Random(f"{self.config.seed}/source{index}/epoch{epoch}").shuffle(order)
             by_shard = len(order) >= slots
             mine = order[slot::slots] if by_shard else order
-            reader = wds.tarfile_samples(({"url": url} for url in mine), handler=handler)
+            reader = wds.tarfile_samples(handler.checked(mine), handler=handler)
             produced = 0
             for position, sample in enumerate(reader):
                 if by_shard or position % slots == slot:
@@ -246,7 +312,11 @@ class TrainingStream(IterableDataset):
         if image_bytes is None or text_bytes is None:
             counts["incomplete_sample"] += 1
             return None
-        caption = text_bytes.decode("utf-8", errors="replace").strip()
+        try:
+            caption = text_bytes.decode("utf-8").strip()
+        except UnicodeDecodeError:
+            counts["caption_not_utf8"] += 1
+            return None
         if not caption:
             counts["empty_caption"] += 1
             return None

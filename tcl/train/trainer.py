@@ -313,7 +313,8 @@ class Trainer:
         means = self.meters.means()
         self.meters.reset()
         samples_per_s = steps * self.global_batch / max(seconds, 1e-9)
-        skipped = sum(self.stream_state.skip_counts().values())
+        skipped_by_reason = self.stream.skip_counts(self.stream_state)
+        skipped = sum(skipped_by_reason.values())
         record = {"step": self.step, **means, "samples_per_s": samples_per_s, "data_skipped": skipped,
                   "nonfinite_steps": self.nonfinite_total,
                   "eta_s": (self.cfg.steps - self.step) * seconds / max(steps, 1)}
@@ -321,6 +322,8 @@ class Trainer:
         if self.runtime.is_main:
             self.train_curve.append({k: v for k, v in record.items() if k != "eta_s"})
             self.tracker.log_metrics({f"train/{k}": v for k, v in record.items() if k not in ("step", "eta_s")},
+                                     step=self.step)
+            self.tracker.log_metrics({f"train/data_skipped.{k}": v for k, v in skipped_by_reason.items()},
                                      step=self.step)
 
     def _validate(self) -> None:
@@ -386,7 +389,7 @@ class Trainer:
     def _summary(self) -> dict:
         last = self.train_curve.rows[-1] if self.train_curve.rows else {}
         summary = {"step": self.step, **{k: float(v) for k, v in last.items() if k.endswith("loss")},
-                   "nonfinite_steps": self.nonfinite_total, "data_skipped": self.stream_state.skip_counts()}
+                   "nonfinite_steps": self.nonfinite_total, "data_skipped": self.stream.skip_counts(self.stream_state)}
         summary.update({k.removeprefix("val/"): v for k, v in self.val_metrics.items()})
         if self.best > -math.inf:
             summary[f"best_{self.cfg.val_metric}"] = self.best

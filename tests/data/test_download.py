@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import importlib.util
 import io
@@ -23,7 +24,7 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from tcl.data.download import DownloadError, download_shards, read_url_list, shard_name, work_dir
+from tcl.data.download import DownloadError, download_shards, is_transient, read_url_list, shard_name, work_dir
 
 REPO = Path(__file__).resolve().parents[2]
 STAGE = str(REPO / "stages" / "download.py")
@@ -226,6 +227,7 @@ def test_shards_failures_and_resume(tmp_path, server):
     assert stats["samples_attempted"] == 10 and stats["samples_succeeded"] == 6 and stats["samples_failed"] == 4
     assert stats["failed_by_reason"] == {"HTTP Error 404: Not Found": 1, "timed out": 1, "Image decoding error": 2}
     assert stats["failed_to_download"] == 2 and stats["failed_to_resize"] == 2
+    assert stats["failed_transient"] == 1  # the timeout: final, since this run was not interrupted
     assert stats["shards"] == 3 and stats["shard_bytes"] == sum((out / n).stat().st_size for n in names)
     assert stats["shards_downloaded_now"] == 3 and stats["throughput_samples_per_s"] > 0
 
@@ -354,3 +356,130 @@ def test_killed_run_leaves_only_complete_shards_and_resumes(tmp_path, server, ca
     assert len(_read_shard(out / "cc-000001.tar")) == 2
     assert not list(work_dir(out, "cc-").glob("*.tar"))
     assert json.loads((tmp_path / "stats.json").read_text())["samples_succeeded"] == 4
+
+
+# --------------------------------------------------------------------------- interrupted runs lose nothing
+
+@pytest.mark.parametrize(("message", "transient"), [
+    ("<urlopen error [Errno 111] Connection refused>", True), ("timed out", True),
+    ("<urlopen error timed out>", True), ("[Errno 104] Connection reset by peer", True),
+    ("Remote end closed connection without response", True), ("HTTP Error 503: Service Unavailable", True),
+    ("HTTP Error 429: Too Many Requests", True), ("HTTP Error 404: Not Found", False),
+    ("HTTP Error 403: Forbidden", False), ("Image decoding error", False),
+    ("<urlopen error [Errno -2] Name or service not known>", False)])
+def test_transient_failures_are_told_from_permanent_ones(message, transient):
+    assert is_transient(message) is transient
+
+
+MISSING, UNDECODABLE = (17, 101, 150), (40, 123)  # rows that fail for good: 404, not an image
+BLOCKED = (70, 130)  # rows from the test's server that answer only once it is released
+
+
+def _corpus(root: Path, server: ImageServer | None = None, rows: int = 160) -> tuple[Path, set[str]]:
+    """A served corpus (hard links to one 640×480 JPEG, so decoding takes a moment) with a few rows that
+    can never be delivered and, with ``server``, a few that wait for it; the list and the captions of
+    the rows that can be delivered."""
+    (root / "img").mkdir(parents=True)
+    buffer = io.BytesIO()
+    Image.effect_noise((640, 480), 60).convert("RGB").save(buffer, "JPEG", quality=90)
+    (root / "base.jpg").write_bytes(buffer.getvalue())
+    lines, deliverable = [], set()
+    for i in range(rows):
+        name = f"img/{i:04d}.jpg"
+        if server is not None and i in BLOCKED:
+            name = server.url(f"/blocked/{i}.jpg")
+            deliverable.add(f"caption {i}")
+        elif i in UNDECODABLE:
+            (root / name).write_text("<html>not an image</html>")
+        elif i not in MISSING:
+            os.link(root / "base.jpg", root / name)
+            deliverable.add(f"caption {i}")
+        lines.append(f"{name}\tcaption {i}")
+    (root / "pairs.tsv").write_text("\n".join(lines) + "\n")
+    return root / "pairs.tsv", deliverable
+
+
+def _group_members(pgid: int) -> list[int]:
+    """PIDs of the live (not zombie) processes in process group ``pgid``, from /proc."""
+    members = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # gone meanwhile
+        if fields[0] != "Z" and int(fields[2]) == pgid:
+            members.append(int(stat.parent.name))
+    return members
+
+
+def _interrupt_and_resume(tmp_path: Path, server: ImageServer, how: str, when: str, capsys) -> None:
+    """Start the stage in its own session and interrupt it (``how``: SIGKILL of the parent alone or of
+    its process group, SIGTERM of the parent) once ``when``: the first shard or half of them are
+    written, or a worker waits on the test's server (two rows block for 30 s, under a 25 s timeout).
+    Then no process of it may remain 10 s later, and a rerun must end with every deliverable sample
+    exactly once and the permanent failures counted, not retried."""
+    url_list, deliverable = _corpus(tmp_path / "corpus", server)
+    out, stats_path = tmp_path / "shards", tmp_path / "stats.json"
+    args = ["--list", str(url_list), "--serve-root", str(tmp_path / "corpus"), "--out", str(out),
+            "--prefix", "synthetic-", "--samples-per-shard", "20", "--processes", "2", "--threads", "4",
+            "--image-size", "32", "--timeout", "25", "--stats", str(stats_path)]
+    shards = 8  # 4 per worker: no worker restarts (img2dataset's pool renews a worker after 5 shards)
+    enough = 1 if when == "first_shard" else shards // 2
+    work = work_dir(out, "synthetic-")
+    log = (tmp_path / "killed.log").open("w")
+    first = subprocess.Popen([sys.executable, STAGE, *args], stdout=log, stderr=subprocess.STDOUT,
+                             env=dict(os.environ, NO_ALBUMENTATIONS_UPDATE="1"), start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while (len(list(work.glob("*_stats.json"))) < enough if when != "blocked"
+               else not any(path.startswith("/blocked/") for path in list(server.requests))):
+            assert first.poll() is None, f"the stage ended before it was interrupted: {first.returncode}"
+            assert time.monotonic() < deadline, "no shard was written in 120 s"
+            time.sleep(0.02)
+        if how == "kill_group":
+            os.killpg(first.pid, signal.SIGKILL)
+        else:
+            os.kill(first.pid, signal.SIGKILL if how == "kill_parent" else signal.SIGTERM)
+        returncode = first.wait(60)
+        deadline = time.monotonic() + 10
+        while (left := _group_members(first.pid)) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not left, f"processes outlived the stage: {left}"
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(first.pid, signal.SIGKILL)  # only the group this test started
+        first.wait(30)
+        log.close()
+    assert returncode != 0 and (how != "term_parent" or returncode == 130), returncode
+    assert len(list(work.glob("*_stats.json"))) < shards, "interrupted too late to test anything"
+
+    server.release.set()
+    capsys.readouterr()
+    assert _load_stage().main(args) == 0
+    captions = Counter()
+    for tar in sorted(out.glob("synthetic-*.tar")):
+        captions.update(sample["txt"].decode() for sample in _read_shard(tar).values())
+    assert sorted(captions.elements()) == sorted(deliverable)  # each deliverable sample, once
+    stats = json.loads(stats_path.read_text())
+    assert stats["failed_by_reason"] == {"HTTP Error 404: File not found": len(MISSING),
+                                         "Image decoding error": len(UNDECODABLE)}
+    assert stats["samples_succeeded"] == len(deliverable) and stats["failed_transient"] == 0
+    assert stats["shards"] == shards and not list(work.glob("*.tar"))
+    # the permanent failures are final: nothing is downloaded again
+    again = download_shards(url_list, out, prefix="synthetic-", serve_root=tmp_path / "corpus", image_size=32,
+                            number_sample_per_shard=20, timeout=25)
+    assert again["shards_downloaded_now"] == 0 and again["samples_succeeded"] == len(deliverable)
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="lists processes through /proc")
+def test_parent_killed_alone_loses_nothing(tmp_path, server, capsys):
+    _interrupt_and_resume(tmp_path, server, "kill_parent", "blocked", capsys)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="lists processes through /proc")
+@pytest.mark.parametrize(("how", "when"), [("kill_parent", "first_shard"), ("kill_parent", "midway"),
+                                           ("kill_group", "first_shard"), ("kill_group", "midway"),
+                                           ("term_parent", "blocked")])
+def test_interrupted_runs_lose_nothing(tmp_path, server, capsys, how, when):
+    _interrupt_and_resume(tmp_path, server, how, when, capsys)

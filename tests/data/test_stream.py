@@ -113,6 +113,7 @@ def test_bad_data_is_skipped_and_counted(tmp_path):
     counts = batches[-1]["skipped"]
     assert counts["undecodable_image"] == 4 and counts["empty_caption"] == 2
     assert counts["incomplete_sample"] == 2 and counts["corrupt_tar"] >= 1
+    assert stream.skip_counts(StreamState(7, 1, 1, skipped={0: counts}))["shard_missing"] == 1
     assert {c for b in batches for c in b["caption"]} >= {"fine", "good sample 0 0"}
 
 
@@ -146,3 +147,52 @@ def test_augmentation_failures_are_skipped_and_counted(shards):
     batches = take(build_loader(stream), 4)
     assert all(b["image"].shape[0] == 2 for b in batches)
     assert batches[-1]["skipped"]["augment_error"] == 3
+
+
+def _cut_end_of_archive(path) -> None:
+    """Cut a tar just before its closing zero blocks: every sample still reads, the archive is truncated."""
+    data = path.read_bytes().rstrip(b"\0")
+    path.write_bytes(data + b"\0" * (-len(data) % 512))  # the last member's padding, not the end blocks
+
+
+@pytest.mark.parametrize("layout", ["folder", "brace"])
+def test_every_skip_is_counted_under_its_reason(tmp_path, layout):
+    """Planted: 3 undecodable images, 2 non-UTF-8 captions, one missing shard, one truncated tar; one
+    epoch's counts must say exactly that, and the non-UTF-8 captions must not be used repaired."""
+    folder = tmp_path / "shards"
+    write_shards(folder, "s", shards=4, per_shard=5)  # 20 good samples, s-000000 .. s-000003
+    with wds.TarWriter(str(folder / "s-000004.tar")) as sink:  # bad samples, each shard ending with a good one
+        for i in range(3):
+            sink.write({"__key__": f"bad{i}", "jpg": b"not a jpeg", "txt": f"broken image {i}"})
+        for i in range(2):
+            sink.write({"__key__": f"mojibake{i}", "jpg": _jpeg(90 + i), "txt": b"caf\xe9 \xff" + bytes([i])})
+        sink.write({"__key__": "last", "jpg": _jpeg(99), "txt": "a good one"})
+    _cut_end_of_archive(folder / "s-000003.tar")
+    (folder / "s-000001.tar").unlink()
+    pattern = str(folder) if layout == "folder" else str(folder / "s-{000000..000004}.tar")
+    stream = make_stream(tmp_path, sources=(ShardSource((pattern,)),), batch_size=1, shuffle_buffer=1,
+                         shuffle_initial=1)
+    assert stream.missing == [str(folder / "s-000001.tar")]
+    good = 3 * 5 + 1
+    state = stream.initial_state()
+    batches = take(build_loader(stream), good)  # exactly one epoch
+    for batch in batches:
+        state.update(batch)
+    assert stream.skip_counts(state) == {"undecodable_image": 3, "caption_not_utf8": 2, "shard_missing": 1,
+                                         "shard_truncated": 1}
+    captions = [c for b in batches for c in b["caption"]]
+    assert len(captions) == len(set(captions)) == good and not any("\ufffd" in c for c in captions)
+
+
+def test_a_folder_knows_its_last_shard_from_the_download_stage(tmp_path):
+    """Deleting a folder's last shard leaves no gap in the numbering; the download stage's stats name it."""
+    folder = tmp_path / "shards"
+    write_shards(folder, "synthetic", shards=3, per_shard=2)  # synthetic-000000.tar ..., as the stage names them
+    (folder / "synthetic-000002.tar").unlink()
+    source = (ShardSource((str(folder),)),)
+    assert make_stream(tmp_path, sources=source, batch_size=1).missing == []
+    work = folder / ".synthetic-img2dataset"
+    work.mkdir()
+    for i in range(3):
+        (work / f"{i:06d}_stats.json").write_text("{}")
+    assert make_stream(tmp_path, sources=source, batch_size=1).missing == [str(folder / "synthetic-000002.tar")]

@@ -9,8 +9,9 @@ Writes <out>/latest.pt (every train.checkpoint_every steps and after each valida
 (best val/<train.val_metric>; the final model when no validation is configured), <out>/config.json,
 and <metrics>/train.json, train_curve.csv, val_curve.csv. A run that stops (SIGTERM/Ctrl-C, or killed)
 continues where it left off with --resume auto (the default) and ends with the same weights. A full
-disk ends the stage with one line naming the file (exit 1); the checkpoint before it stays intact,
-and temporary files of an interrupted write are removed when the stage starts again.
+disk ends the stage with one line naming the file (exit 1); the checkpoint before it stays intact
+(this command resumes from it; dvc repro removes the stage's outputs and starts over), and temporary
+files of an interrupted write are removed when the stage starts again.
 Tracking goes to MLflow (MLFLOW_TRACKING_URI, default: the embedded store ./mlflow.db).
 """
 
@@ -63,9 +64,10 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, CheckpointError, StreamError, WeightsError, TrainingError) as err:
         print(f"{PROG}: error: {err}", file=sys.stderr)
         return 2
-    except DiskFullError as err:  # the previous checkpoint is intact: say so, no traceback
-        print(f"{PROG}: error: {err.reason} writing {err.filename} ({err.fix}: training resumes from the "
-              "last checkpoint written)", file=sys.stderr)
+    except DiskFullError as err:  # no traceback; the checkpoint before the failed write is intact: say so
+        latest = args.out / "latest.pt"
+        kept = f"; {latest} holds the last checkpoint and this command resumes from it" if latest.is_file() else ""
+        print(f"{PROG}: error: {err.reason} writing {err.filename} ({err.fix}{kept})", file=sys.stderr)
         return 1
     except OSError as err:
         print(f"{PROG}: error: {err.strerror or err} ({err.filename or 'I/O'})", file=sys.stderr)

@@ -91,7 +91,8 @@ def test_train_stage_out_of_room_keeps_the_previous_checkpoint_and_no_temporary(
     assert full.returncode == 1, full.stderr
     assert full.stderr.splitlines()[-1] == (
         f"train: error: file too large for the file-size limit (ulimit -f) writing {out / 'latest.pt'} "
-        "(raise the limit, then rerun: training resumes from the last checkpoint written)")
+        f"(raise the limit, then rerun; {out / 'latest.pt'} holds the last checkpoint and this command resumes "
+        "from it)")
     assert "Traceback" not in full.stderr and "inline_container" not in full.stderr
     assert (out / "latest.pt").read_bytes() == previous  # the step-2 checkpoint, untouched
     assert sorted(p.name for p in out.iterdir()) == ["best.pt", "config.json", "latest.pt"]  # no .tmp left
@@ -121,6 +122,6 @@ def test_train_stage_on_a_full_disk_says_no_space_left(tmp_path, tiny_clip_dir, 
                           text=True, timeout=300)
     assert done.stderr.splitlines()[-1] == (
         f"train: error: no space left on device writing {mount / 'latest.pt'} "
-        "(free space on that disk, then rerun: training resumes from the last checkpoint written)"), done.stderr
+        "(free space on that disk, then rerun)"), done.stderr  # (no checkpoint yet to resume from)
     assert "Traceback" not in done.stderr
     assert done.stdout.splitlines()[-2:] == ["rc=1", "config.json"]  # nothing half-written, no temporary file

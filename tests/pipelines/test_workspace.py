@@ -55,12 +55,15 @@ def _alive(pid: int) -> bool:
 
 
 @contextlib.contextmanager
-def pipeline_running(root: Path, log: Path, *args: str):
-    """``pipelines.run`` in its own session, yielded once both sleeping processes run; (process, descendants)."""
+def pipeline_running(root: Path, log: Path, *args: str, tracking: bool = False):
+    """``pipelines.run`` in its own session, yielded once both sleeping processes run; (process, descendants).
+    With ``tracking``, its MLflow parent run goes to the project's embedded store."""
+    env = {key: value for key, value in tool_env().items() if key != "MLFLOW_TRACKING_URI"}
     with log.open("w") as out:
-        process = subprocess.Popen([sys.executable, "-m", "pipelines.run", "--root", str(root), "--no-tracking",
-                                    *args], cwd=REPO, env=tool_env(), stdout=out, stderr=subprocess.STDOUT,
-                                   stdin=subprocess.DEVNULL, start_new_session=True)
+        process = subprocess.Popen([sys.executable, "-m", "pipelines.run", "--root", str(root),
+                                    *([] if tracking else ["--no-tracking"]), *args], cwd=REPO, env=env,
+                                   stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                   start_new_session=True)
     tree: list[int] = []
     try:
         deadline = time.monotonic() + 180
@@ -108,12 +111,20 @@ def test_a_second_run_is_refused_naming_the_first_and_sigkill_of_the_first_stops
 
 @pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP], ids=lambda sig: sig.name)
 def test_a_stopped_run_stops_dvc_and_every_stage_process(project, tmp_path, stop):
-    with pipeline_running(project, tmp_path / "run.log") as (process, tree):
+    tracking = stop == signal.SIGTERM  # (once is enough: the MLflow parent run ends KILLED, not RUNNING)
+    with pipeline_running(project, tmp_path / "run.log", tracking=tracking) as (process, tree):
         process.send_signal(stop)
         assert process.wait(timeout=120) == 128 + stop, (tmp_path / "run.log").read_text()
         assert _all_gone(tree) == [], [(pid, _cmdline(pid)) for pid in tree if _alive(pid)]
     log = (tmp_path / "run.log").read_text()
     assert "Traceback" not in log and not (project / "done.txt").exists()
+    if tracking:
+        from mlflow.tracking import MlflowClient
+
+        client = MlflowClient(f"sqlite:///{project / 'mlflow.db'}")
+        [parent] = client.search_runs([e.experiment_id for e in client.search_experiments()],
+                                      "tags.mlflow.runName = 'pipeline'")
+        assert parent.info.status == "KILLED"
     with WorkspaceLock.acquire(project, "test"):
         pass
 

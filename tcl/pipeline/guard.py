@@ -100,8 +100,9 @@ class _Guard:
         """SIGTERM to the group, wait ``grace`` for the tree to end, then SIGKILL to what is left."""
         for sig in STOP_SIGNALS:
             signal.signal(sig, signal.SIG_IGN)  # the group signal below reaches this process too
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(os.getpgrp(), signal.SIGTERM)
+        if os.getpgrp() == os.getpid():  # only a group of its own (run_streamed starts it so), never a shell's
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(os.getpgrp(), signal.SIGTERM)
         for pid in descendants(os.getpid()):  # those in sessions of their own (torchrun workers)
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.kill(pid, signal.SIGTERM)

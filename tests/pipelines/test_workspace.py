@@ -109,7 +109,9 @@ def test_a_second_run_is_refused_naming_the_first_and_sigkill_of_the_first_stops
         assert lock.held
 
 
-@pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP], ids=lambda sig: sig.name)
+# SIGINT and SIGHUP take the same path as SIGTERM (one handler in pipelines.run, one in the guard): slow suite only
+@pytest.mark.parametrize("stop", [signal.SIGTERM, pytest.param(signal.SIGINT, marks=pytest.mark.slow),
+                                  pytest.param(signal.SIGHUP, marks=pytest.mark.slow)], ids=lambda sig: sig.name)
 def test_a_stopped_run_stops_dvc_and_every_stage_process(project, tmp_path, stop):
     tracking = stop == signal.SIGTERM  # (once is enough: the MLflow parent run ends KILLED, not RUNNING)
     with pipeline_running(project, tmp_path / "run.log", tracking=tracking) as (process, tree):

@@ -16,11 +16,13 @@ holder exits, so the wait cannot outlive a crashed process).
 from __future__ import annotations
 
 import collections
+import contextlib
 import json
 import os
 import signal
 import subprocess
 import sys
+import threading
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
@@ -91,20 +93,32 @@ def run_streamed(command: Sequence[str], *, cwd: str | os.PathLike, env: Mapping
     process = subprocess.Popen(_guarded(command), cwd=cwd, env=dict(env) if env is not None else None,
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                text=True, errors="replace", bufsize=1, start_new_session=True)
-    try:
-        assert process.stdout is not None
-        for raw in process.stdout:
+    def relay(stream) -> None:
+        for raw in stream:
             # tqdm redraws with carriage returns: keep only the final state of such a line
             line = raw.rstrip("\n").rsplit("\r", 1)[-1]
             last.append(line)
             on_line(line)
+
+    try:
+        assert process.stdout is not None
+        relay(process.stdout)
         return process.wait(), list(last)
     except BaseException:
+        # what the stopping stage still says ("stopped at step N ...") is shown while it stops
+        drain = threading.Thread(target=_quietly, args=(relay, process.stdout), daemon=True)
+        drain.start()
         _stop(process)
+        drain.join(timeout=5.0)
         raise
     finally:
         if process.stdout is not None:
             process.stdout.close()
+
+
+def _quietly(function: Callable, *args) -> None:
+    with contextlib.suppress(ValueError, OSError):  # the pipe closed under the reader
+        function(*args)
 
 
 def run_dvc(args: Sequence[str], *, root: str | os.PathLike, env: Mapping[str, str] | None = None,

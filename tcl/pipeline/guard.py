@@ -8,8 +8,8 @@ command it started; torchrun's workers even get sessions of their own. This guar
 the orchestrator and DVC and stops the whole tree:
 
 * SIGTERM, SIGINT or SIGHUP to the guard: SIGTERM to its process group (DVC, the stage's shell,
-  torchrun, which stops its workers; training writes its checkpoint), then SIGKILL to every
-  descendant left after ``--grace`` seconds;
+  torchrun, which stops its workers; training writes its checkpoint) and to every orphan it adopts,
+  then SIGKILL to every descendant left after ``--grace`` seconds;
 * the launching process dies in any way, ``kill -9`` included: ``prctl(PR_SET_PDEATHSIG)`` sends the
   guard SIGTERM (and ``getppid()`` is polled too); the guard then stops the tree as above. The
   signal fires when the launching *thread* ends, so that thread must wait for the guard, as
@@ -49,24 +49,37 @@ def _prctl(option: int, value: int) -> bool:
         return False
 
 
-def descendants(pid: int) -> list[int]:
-    """Every live descendant of ``pid`` (children, their children, ...) from ``/proc``."""
-    children: dict[int, list[int]] = {}
+def _processes() -> dict[int, tuple[int, int, bool]]:
+    """``{pid: (parent pid, process group, is a zombie)}`` of every process, from ``/proc``."""
+    table: dict[int, tuple[int, int, bool]] = {}
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
         try:
             with open(f"/proc/{entry}/stat") as handle:
                 fields = handle.read().rsplit(")", 1)[1].split()
-        except OSError:
+        except OSError:  # ended meanwhile
             continue
-        if fields[0] != "Z":  # a zombie is already gone, only not yet reaped
-            children.setdefault(int(fields[1]), []).append(int(entry))
+        table[int(entry)] = (int(fields[1]), int(fields[2]), fields[0] == "Z")
+    return table
+
+
+def descendants(pid: int, table: dict[int, tuple[int, int, bool]] | None = None) -> list[int]:
+    """Every live descendant of ``pid`` (children, their children, ...).
+
+    Zombies are not returned (they have ended; only their parent has not collected them yet) but
+    are walked through: a process whose parent has just died may still name that parent.
+    """
+    table = _processes() if table is None else table
+    children: dict[int, list[int]] = {}
+    for child, (parent, _group, _zombie) in table.items():
+        children.setdefault(parent, []).append(child)
     found, queue = [], [pid]
     while queue:
         for child in children.get(queue.pop(), []):
-            found.append(child)
             queue.append(child)
+            if not table[child][2]:
+                found.append(child)
     return found
 
 
@@ -97,24 +110,43 @@ class _Guard:
                 os.waitpid(info.si_pid, 0)
 
     def _stop(self, child: subprocess.Popen) -> None:
-        """SIGTERM to the group, wait ``grace`` for the tree to end, then SIGKILL to what is left."""
+        """Stop the tree: SIGTERM, up to ``grace`` seconds for it to end, then SIGKILL to what is left.
+
+        SIGTERM goes to the process group (DVC, the stage's shell, torchrun) and to each orphan the
+        guard adopts, once: never straight to a process whose parent lives, so torchrun stops its
+        workers itself and a data-loader worker is stopped by its training process (a data-loader
+        worker killed under it would fail the step instead of letting training write its checkpoint).
+        """
         for sig in STOP_SIGNALS:
             signal.signal(sig, signal.SIG_IGN)  # the group signal below reaches this process too
-        if os.getpgrp() == os.getpid():  # only a group of its own (run_streamed starts it so), never a shell's
+        me, table = os.getpid(), _processes()
+        if os.getpgrp() == me:  # only a group of its own (run_streamed starts it so), never a shell's
+            signalled = {pid for pid in descendants(me, table) if table[pid][1] == me}
             with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(os.getpgrp(), signal.SIGTERM)
-        for pid in descendants(os.getpid()):  # those in sessions of their own (torchrun workers)
+                os.killpg(me, signal.SIGTERM)
+        else:
+            signalled = {child.pid}
             with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.kill(pid, signal.SIGTERM)
-        deadline = time.monotonic() + self.grace
-        while descendants(os.getpid()) and time.monotonic() < deadline:
+                os.kill(child.pid, signal.SIGTERM)
+        deadline, empty = time.monotonic() + self.grace, 0
+        while time.monotonic() < deadline:
             self._reap(child)
+            table = _processes()
+            # /proc is not read atomically: "nothing left" only when two scans in a row say so
+            empty = empty + 1 if not descendants(me, table) else 0
+            if empty >= 2:
+                return
+            for pid in [pid for pid, (parent, _, zombie) in table.items() if parent == me and not zombie]:
+                if pid not in signalled:  # an orphan: nobody else will stop it
+                    signalled.add(pid)
+                    with contextlib.suppress(ProcessLookupError, PermissionError):
+                        os.kill(pid, signal.SIGTERM)
             time.sleep(_POLL)
-        for pid in descendants(os.getpid()):
+        for pid in descendants(me):
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.kill(pid, signal.SIGKILL)
         deadline = time.monotonic() + 10.0
-        while descendants(os.getpid()) and time.monotonic() < deadline:
+        while descendants(me) and time.monotonic() < deadline:
             self._reap(child)
             time.sleep(_POLL)
         self._reap(child)

@@ -143,3 +143,41 @@ def test_the_lock_records_its_holder_and_a_waiting_run_gets_it_when_freed(projec
     waited: list[str] = []
     with WorkspaceLock.acquire(project, "second", wait=True, on_wait=waited.append) as second:
         assert second.holder["command"] == "second" and waited and waited[0].startswith("waiting: ")
+
+
+@pytest.mark.slow
+def test_sigterm_to_make_run_during_training_checkpoints_then_stops_torchrun_and_its_workers(tmp_path):
+    """The real train stage under torchrun, through dvc and the guard: SIGTERM → latest.pt written, nothing left."""
+    from tcl.checkpoint import read_checkpoint
+
+    from .conftest import TINY, copy_project
+
+    root = copy_project(tmp_path / "project")
+    overrides = [*TINY, "train.steps=100000", "train.ust_steps=1", "train.warmup_steps=1", "train.log_every=1",
+                 "train.image_every=0", "train.checkpoint_every=100000", "train.val_every=0"]
+    args = [item for override in overrides for item in ("-S", override)]
+    log = tmp_path / "run.log"
+    with log.open("w") as out:
+        process = subprocess.Popen([sys.executable, "-m", "pipelines.run", "--no-tracking", *args, "train"],
+                                   cwd=root, env=tool_env(), stdout=out, stderr=subprocess.STDOUT,
+                                   stdin=subprocess.DEVNULL, start_new_session=True)
+    tree: list[int] = []
+    try:
+        deadline = time.monotonic() + 900
+        while "step 3/100000" not in log.read_text():  # the upstream stages first, then a few training steps
+            assert process.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
+            time.sleep(1.0)
+        tree = descendants(process.pid)
+        assert any("stages/train.py" in _cmdline(pid) and "torchrun" not in _cmdline(pid) for pid in tree)
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=120) == 128 + signal.SIGTERM, log.read_text()[-3000:]
+        assert _all_gone(tree) == [], [(pid, _cmdline(pid)) for pid in tree if _alive(pid)]
+    finally:
+        for pid in [process.pid, *tree]:
+            if _alive(pid):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+        process.wait(timeout=30)
+    assert (root / "models/tcl/latest.pt").is_file(), log.read_text()[-4000:]
+    assert read_checkpoint(root / "models/tcl/latest.pt")["step"] >= 3  # written on the way out
+    assert "stopped at step" in log.read_text()

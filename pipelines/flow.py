@@ -8,7 +8,9 @@ any stage starts). Downloads retry with exponential backoff (img2dataset resumes
 training runs under ``torchrun`` (the train stage's command), evaluations are mapped over the
 benchmarks with at most ``eval_concurrency`` at a time. One MLflow parent run per flow run holds
 every stage's run; the flow publishes the benchmark table as a Prefect table artifact and links
-that MLflow run. Run it once with ``python -m pipelines.flow``; schedule it with ``prefect.yaml``
+that MLflow run. A flow run holds the checkout's workspace lock (:mod:`tcl.pipeline.lock`) from
+start to finish, as ``make run`` does: a second pipeline run in the same checkout fails at once,
+naming the first. Run it once with ``python -m pipelines.flow``; schedule it with ``prefect.yaml``
 or ``python -m pipelines.serve``.
 """
 
@@ -27,6 +29,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from prefect.tasks import exponential_backoff
 
 from tcl.pipeline import dvc_cli as dvc
+from tcl.pipeline.lock import workspace_lock
 from tcl.pipeline.overrides import load_overrides_file, parse_overrides, write_overrides
 from tcl.pipeline.runs import PipelineRun, benchmark_table, read_report
 from tcl.tracking import STAGE_ENV
@@ -106,36 +109,39 @@ def tcl_pipeline(overrides: list[str] | None = None, overrides_file: str | None 
 
     logger = get_run_logger()
     root = Path(project_root) if project_root else PROJECT_ROOT
-    changes = (load_overrides_file(root / overrides_file) if overrides_file else []) + parse_overrides(overrides or [])
-    params = write_overrides(root / "params.yaml", changes)  # validated before any stage starts
-    if changes:
-        logger.info("params.yaml overrides: %s", ", ".join(f"{k}={v!r}" for k, v in changes))
-    groups = stage_groups(dvc.stage_names(root))
-    if until is not None and until not in (names := [name for name, _ in groups]):
-        raise ValueError(f"until={until!r} is not a stage of dvc.yaml (stages: {', '.join(names)})")
-    with PipelineRun.start(root, experiment=params.pipeline.experiment, kind="prefect",
-                           overrides=[f"{k}={v}" for k, v in changes], flow_run_id=str(flow_run.id or ""),
-                           enabled=track) as run:
-        env = run.env()
-        for name, stages in groups:
-            if name == "evaluate":
-                runner = ThreadPoolTaskRunner(max_workers=max(1, eval_concurrency))
-                evaluate_benchmarks.with_options(task_runner=runner)(stages, str(root), env, force)
-            elif name == "download":
-                retrying = run_stage.with_options(retries=download_retries, retry_jitter_factor=0.5,
-                                                  retry_delay_seconds=exponential_backoff(download_retry_delay))
-                for future in [retrying.submit(s, str(root), env, force) for s in stages]:
-                    future.result()
-            else:
-                for stage in stages:
-                    run_stage(stage, str(root), env, force)
-            if name == until:
-                break
-        else:  # anything the groups did not cover (a stage added to dvc.yaml later) runs here, in DVC's order
-            dvc.run_dvc(["repro"], root=root, env=dvc.tool_env(env), on_line=logger.info)
-        complete = until is None or until in ("report", "register")
-        run.record(root, with_report=complete)
-        rows = _publish(run, root, mlflow_ui, with_report=complete)
+    # One pipeline run per checkout at a time (they share params.yaml); held until the flow run ends.
+    with workspace_lock(root, f"prefect flow run {flow_run.name or flow_run.id} (tcl-pipeline)"):
+        changes = ((load_overrides_file(root / overrides_file) if overrides_file else [])
+                   + parse_overrides(overrides or []))
+        params = write_overrides(root / "params.yaml", changes)  # validated before any stage starts
+        if changes:
+            logger.info("params.yaml overrides: %s", ", ".join(f"{k}={v!r}" for k, v in changes))
+        groups = stage_groups(dvc.stage_names(root))
+        if until is not None and until not in (names := [name for name, _ in groups]):
+            raise ValueError(f"until={until!r} is not a stage of dvc.yaml (stages: {', '.join(names)})")
+        with PipelineRun.start(root, experiment=params.pipeline.experiment, kind="prefect",
+                               overrides=[f"{k}={v}" for k, v in changes], flow_run_id=str(flow_run.id or ""),
+                               enabled=track) as run:
+            env = run.env()
+            for name, stages in groups:
+                if name == "evaluate":
+                    runner = ThreadPoolTaskRunner(max_workers=max(1, eval_concurrency))
+                    evaluate_benchmarks.with_options(task_runner=runner)(stages, str(root), env, force)
+                elif name == "download":
+                    retrying = run_stage.with_options(retries=download_retries, retry_jitter_factor=0.5,
+                                                      retry_delay_seconds=exponential_backoff(download_retry_delay))
+                    for future in [retrying.submit(s, str(root), env, force) for s in stages]:
+                        future.result()
+                else:
+                    for stage in stages:
+                        run_stage(stage, str(root), env, force)
+                if name == until:
+                    break
+            else:  # anything the groups did not cover (a stage added to dvc.yaml later) runs here, in DVC's order
+                dvc.run_dvc(["repro"], root=root, env=dvc.tool_env(env), on_line=logger.info)
+            complete = until is None or until in ("report", "register")
+            run.record(root, with_report=complete)
+            rows = _publish(run, root, mlflow_ui, with_report=complete)
     return {"mlflow_run_id": run.run_id, "benchmarks": rows}
 
 

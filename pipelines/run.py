@@ -10,11 +10,17 @@ value is one line on stderr and exit status 2. When DVC finds nothing to do, no 
 Otherwise a parent run ``pipeline`` opens in MLflow and every stage's run nests under it; when the
 stages are done it receives the benchmark table's numbers, params.yaml, dvc.lock and the report.
 Exit status 1: a stage failed (its output is above the last line).
+
+One run at a time per checkout (they share params.yaml): a run holds the workspace lock
+(tcl.pipeline.lock) from start to finish; a second one started meanwhile ends at once with exit
+status 2 and one line naming the first (PID, start time, command), or waits for it with --wait.
+Stopping a run (Ctrl-C, SIGTERM, SIGHUP, even SIGKILL) stops dvc and its stage processes too.
 """
 
 from __future__ import annotations
 
 import argparse
+import shlex
 import signal
 import sys
 from pathlib import Path
@@ -40,10 +46,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--force", action="store_true", help="run every stage even if DVC finds it up to date")
     parser.add_argument("--no-tracking", action="store_true", help="no MLflow parent run (stages still log theirs)")
     parser.add_argument("--root", type=Path, default=PROJECT_ROOT, help="project checkout (this one)")
+    parser.add_argument("--wait", action="store_true", help="wait for a pipeline run already using this checkout")
     args = parser.parse_args(argv)
 
     from tcl.config import ConfigError
     from tcl.pipeline import dvc_cli as dvc
+    from tcl.pipeline.lock import WorkspaceError, WorkspaceLock
     from tcl.pipeline.overrides import (
         load_overrides_file,
         parse_overrides,
@@ -54,6 +62,13 @@ def main(argv: list[str] | None = None) -> int:
     from tcl.pipeline.runs import REPORT_JSON, PipelineRun
 
     root, params_file = args.root.resolve(), args.root.resolve() / "params.yaml"
+    try:  # held until main returns (the last reference goes) or the process ends, however it ends
+        command = shlex.join(["python", "-m", "pipelines.run", *(sys.argv[1:] if argv is None else argv)])
+        _lock = WorkspaceLock.acquire(root, command, wait=args.wait,  # noqa: F841
+                                      on_wait=lambda line: print(f"{PROG}: {line}", flush=True))
+    except WorkspaceError as err:
+        print(f"{PROG}: error: {err}", file=sys.stderr)
+        return 2
     try:
         changes = load_overrides_file(args.overrides_file) if args.overrides_file else []
         changes += parse_overrides(args.overrides)
@@ -73,9 +88,11 @@ def main(argv: list[str] | None = None) -> int:
 
     overrides = [f"{k}={v}" for k, v in changes]
     kind = f"dvc exp run ({args.exp})" if args.exp else "dvc repro"
-    # SIGTERM (a scheduler, `kill`) unwinds like Ctrl-C: the stage's process group is stopped too (training
-    # writes its checkpoint) and the parent run is marked KILLED/FAILED instead of left RUNNING.
-    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+    # SIGTERM (a scheduler, `kill`), SIGHUP (the terminal closed) and Ctrl-C unwind alike, without a traceback:
+    # dvc and the stage are stopped too (training writes its checkpoint; see tcl.pipeline.guard) and the
+    # parent run is marked KILLED/FAILED instead of left RUNNING.
+    for stop in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):
+        signal.signal(stop, lambda signum, frame: sys.exit(128 + signum))
     with PipelineRun.start(root, experiment=params.pipeline.experiment, kind=kind, overrides=overrides,
                            enabled=not args.no_tracking) as run:
         print(f"run: {kind}" + (f" with {', '.join(overrides)}" if overrides else "")

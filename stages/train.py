@@ -8,7 +8,10 @@
 Writes <out>/latest.pt (every train.checkpoint_every steps and after each validation), <out>/best.pt
 (best val/<train.val_metric>; the final model when no validation is configured), <out>/config.json,
 and <metrics>/train.json, train_curve.csv, val_curve.csv. A run that stops (SIGTERM/Ctrl-C, or killed)
-continues where it left off with --resume auto (the default) and ends with the same weights.
+continues where it left off with --resume auto (the default) and ends with the same weights. A full
+disk ends the stage with one line naming the file (exit 1); the checkpoint before it stays intact
+(this command resumes from it; dvc repro removes the stage's outputs and starts over), and temporary
+files of an interrupted write are removed when the stage starts again.
 Tracking goes to MLflow (MLFLOW_TRACKING_URI, default: the embedded store ./mlflow.db).
 """
 
@@ -40,6 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-tracking", action="store_true", help="do not log to MLflow")
     args = parser.parse_args(argv)
 
+    from tcl.atomic import DiskFullError, remove_stale_temporaries
     from tcl.checkpoint import CheckpointError
     from tcl.config import ConfigError
     from tcl.data.stream import StreamError
@@ -53,11 +57,18 @@ def main(argv: list[str] | None = None) -> int:
                               "(python stages/prepare_clip.py) or pass --clip")
         for folder in (args.out, args.metrics):
             _check_writable(folder)
+            if os.environ.get("RANK", "0") == "0":  # the one writer: temporaries of a write killed earlier
+                remove_stale_temporaries(folder)
         summary = train(params, args.clip, args.out, resume=args.resume, metrics_dir=args.metrics,
                         track=not args.no_tracking)
     except (ConfigError, CheckpointError, StreamError, WeightsError, TrainingError) as err:
         print(f"{PROG}: error: {err}", file=sys.stderr)
         return 2
+    except DiskFullError as err:  # no traceback; the checkpoint before the failed write is intact: say so
+        latest = args.out / "latest.pt"
+        kept = f"; {latest} holds the last checkpoint and this command resumes from it" if latest.is_file() else ""
+        print(f"{PROG}: error: {err.reason} writing {err.filename} ({err.fix}{kept})", file=sys.stderr)
+        return 1
     except OSError as err:
         print(f"{PROG}: error: {err.strerror or err} ({err.filename or 'I/O'})", file=sys.stderr)
         return 2

@@ -5,7 +5,9 @@ frozen CLIP (TCL_SPEC §8.19) — plus the optimizer, the gradient scaler, the s
 stream position, the resolved parameters, the CLIP it was trained on (config and weights file) and
 the latest metrics. Everything in it is a tensor or a plain Python value, so it loads with
 :func:`tcl.serialization.safe_load` (``torch.load(weights_only=True)``): no code in a file runs. Files
-are written to a temporary name and renamed, so a crash never leaves a half-written checkpoint behind.
+are written to a temporary name and renamed, so a crash never leaves a half-written checkpoint behind;
+a full disk raises :class:`tcl.atomic.DiskFullError` (the previous checkpoint stays, the temporary file
+is removed).
 
 :func:`load_model` also accepts the official ``tcl.pth`` (with the CLIP weights given separately).
 """
@@ -63,9 +65,41 @@ def save_checkpoint(path: str | os.PathLike, *, model: TCL, step: int, params: d
         "extra": extra or {},
     }
     path = Path(path)
-    with atomic_path(path) as tmp:
-        torch.save(payload, tmp)
+    with atomic_path(path) as tmp, open(tmp, "wb") as handle:
+        # torch.save given a path writes in C++ and reports a full disk as a bare RuntimeError
+        # ("... inline_container.cc ... unexpected pos"); through a Python file object the write's own
+        # OSError (ENOSPC, EFBIG, ...) is kept and re-raised, and atomic_path names it after ``path``.
+        writer = _ErrorKeepingWriter(handle)
+        try:
+            torch.save(payload, writer)
+        except RuntimeError:
+            if writer.error is not None:
+                raise writer.error from None
+            raise
+        handle.flush()
+        os.fsync(handle.fileno())  # a full disk can also surface only here (delayed allocation, NFS)
     return path
+
+
+class _ErrorKeepingWriter:
+    """A binary file's ``write``/``flush`` that remembers the OSError the file raised (see save_checkpoint)."""
+
+    def __init__(self, handle) -> None:
+        self.handle, self.error = handle, None
+
+    def write(self, data) -> int:
+        try:
+            return self.handle.write(data)
+        except OSError as err:
+            self.error = err
+            raise
+
+    def flush(self) -> None:
+        try:
+            self.handle.flush()
+        except OSError as err:
+            self.error = err
+            raise
 
 
 def read_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:

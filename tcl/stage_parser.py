@@ -2,7 +2,9 @@
 
 ``--help`` shows the stage's module docstring (usage examples included), and bad arguments end in
 one line, ``<stage>: error: ... (see --help)``, with exit status 2 — the same shape as every other
-failure of a stage.
+failure of a stage. A stage built on it also reports a full disk (:class:`tcl.atomic.DiskFullError`,
+raised by every atomic output write) as one line, ``<stage>: error: no space left on device writing
+<file> (...)``, exit status 1, instead of a traceback.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ class StageParser(argparse.ArgumentParser):
     def __init__(self, prog: str, doc: str, **kwargs) -> None:
         super().__init__(prog=prog, description=doc.split("\n\n")[0], epilog=doc,
                          formatter_class=argparse.RawDescriptionHelpFormatter, **kwargs)
+        _report_disk_full_as(prog)
 
     def add_params_arguments(self, steps_key: str | None = None) -> None:
         """``--params FILE`` and ``-S/--set KEY=VALUE`` (repeatable, YAML values, as ``dvc exp run -S``);
@@ -43,3 +46,22 @@ class StageParser(argparse.ArgumentParser):
     def error(self, message: str):
         print(f"{self.prog}: error: {message} (see --help)", file=sys.stderr)
         sys.exit(2)
+
+
+def _report_disk_full_as(prog: str) -> None:
+    """Make an uncaught :class:`~tcl.atomic.DiskFullError` one line on stderr (the exit status stays 1).
+
+    One place for every stage: the error reaches the top of any stage's ``main`` the same way, and the
+    stage's own handlers stay about its own input.
+    """
+    from .atomic import DiskFullError
+
+    previous = sys.excepthook
+
+    def hook(kind, value, traceback) -> None:
+        if isinstance(value, DiskFullError):
+            print(f"{prog}: error: {value}", file=sys.stderr)
+        else:
+            previous(kind, value, traceback)
+
+    sys.excepthook = hook

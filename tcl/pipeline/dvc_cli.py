@@ -3,8 +3,11 @@
 Every orchestrator here (``make run``, the Prefect flow) goes through ``dvc repro``, so DVC alone
 decides what is up to date and ``dvc.lock`` stays the record of what ran. Commands run with the
 project's interpreter first on ``PATH`` (stage commands say ``python`` and ``torchrun``) in their
-own process group, so an interrupted orchestrator stops the whole stage (training gets SIGTERM and
-writes its checkpoint). DVC holds its repository lock only briefly around a stage (never while the
+own process group, under :mod:`tcl.pipeline.guard`, so a stopped orchestrator stops the whole tree:
+interrupted (Ctrl-C, SIGTERM, SIGHUP, a cancelled flow run), it SIGTERMs the guard, which stops DVC,
+the stage and torchrun's workers (training writes its checkpoint), then SIGKILLs what is left after
+the grace period; killed outright (SIGKILL), the guard notices its parent's death
+(``PR_SET_PDEATHSIG``) and does the same. DVC holds its repository lock only briefly around a stage (never while the
 stage's command runs), so concurrent ``dvc repro`` calls on different stages work; a call that finds
 the lock held waits for it (``dvc --wait-for-lock``; the lock is an OS file lock, released when its
 holder exits, so the wait cannot outlive a crashed process).
@@ -13,15 +16,18 @@ holder exits, so the wait cannot outlive a crashed process).
 from __future__ import annotations
 
 import collections
+import contextlib
 import json
 import os
 import signal
 import subprocess
 import sys
+import threading
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
-__all__ = ["DvcError", "tool_env", "dvc_command", "run_streamed", "run_dvc", "repro", "stage_names", "stale_stages"]
+__all__ = ["STOP_GRACE", "DvcError", "tool_env", "dvc_command", "run_streamed", "run_dvc", "repro", "stage_names",
+           "stale_stages"]
 
 
 class DvcError(RuntimeError):
@@ -50,11 +56,21 @@ def dvc_command(*args: str) -> list[str]:
     return [sys.executable, "-m", "dvc", "--wait-for-lock", *args]
 
 
-def _stop(process: subprocess.Popen, grace: float = 30.0) -> None:
-    """SIGTERM the process group, then SIGKILL whatever is left after ``grace`` seconds."""
-    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 5.0)):
+#: Seconds a stopped stage has from SIGTERM to SIGKILL (training finishes its step and writes latest.pt).
+STOP_GRACE = 30.0
+_GUARD = Path(__file__).with_name("guard.py")
+
+
+def _guarded(command: Sequence[str], grace: float = STOP_GRACE) -> list[str]:
+    """``command`` under the guard (by path: it needs only the standard library, not ``tcl`` and torch)."""
+    return [sys.executable, str(_GUARD), "--parent", str(os.getpid()), "--grace", str(grace), "--", *command]
+
+
+def _stop(process: subprocess.Popen, grace: float = STOP_GRACE) -> None:
+    """SIGTERM the guard (it stops its tree: SIGTERM, ``grace`` seconds, SIGKILL); SIGKILL its group if it hangs."""
+    for sig, wait in ((signal.SIGTERM, grace + 15.0), (signal.SIGKILL, 5.0)):
         try:
-            os.killpg(process.pid, sig)
+            (os.kill if sig == signal.SIGTERM else os.killpg)(process.pid, sig)
         except ProcessLookupError:
             return
         try:
@@ -68,28 +84,41 @@ def run_streamed(command: Sequence[str], *, cwd: str | os.PathLike, env: Mapping
                  on_line: Callable[[str], None] | None = None, tail: int = 60) -> tuple[int, list[str]]:
     """Run ``command``, passing each output line (stdout and stderr merged) to ``on_line`` as it comes.
 
-    Returns the exit status and the last ``tail`` lines. Interrupting the caller (Ctrl-C, a cancelled
-    flow run) stops the whole process group before the exception propagates.
+    Returns the exit status and the last ``tail`` lines. Interrupting the caller (Ctrl-C, SIGTERM turned
+    into an exception, a cancelled flow run) stops the command and all its descendants before the
+    exception propagates; the caller's death stops them too (see :mod:`tcl.pipeline.guard`).
     """
     on_line = on_line or (lambda line: print(line, flush=True))
     last: collections.deque[str] = collections.deque(maxlen=tail)
-    process = subprocess.Popen(list(command), cwd=cwd, env=dict(env) if env is not None else None,
+    process = subprocess.Popen(_guarded(command), cwd=cwd, env=dict(env) if env is not None else None,
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                text=True, errors="replace", bufsize=1, start_new_session=True)
-    try:
-        assert process.stdout is not None
-        for raw in process.stdout:
+    def relay(stream) -> None:
+        for raw in stream:
             # tqdm redraws with carriage returns: keep only the final state of such a line
             line = raw.rstrip("\n").rsplit("\r", 1)[-1]
             last.append(line)
             on_line(line)
+
+    try:
+        assert process.stdout is not None
+        relay(process.stdout)
         return process.wait(), list(last)
     except BaseException:
+        # what the stopping stage still says ("stopped at step N ...") is shown while it stops
+        drain = threading.Thread(target=_quietly, args=(relay, process.stdout), daemon=True)
+        drain.start()
         _stop(process)
+        drain.join(timeout=5.0)
         raise
     finally:
         if process.stdout is not None:
             process.stdout.close()
+
+
+def _quietly(function: Callable, *args) -> None:
+    with contextlib.suppress(ValueError, OSError):  # the pipe closed under the reader
+        function(*args)
 
 
 def run_dvc(args: Sequence[str], *, root: str | os.PathLike, env: Mapping[str, str] | None = None,

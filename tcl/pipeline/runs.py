@@ -140,4 +140,6 @@ class PipelineRun:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
-        self.finish("KILLED" if exc_type is KeyboardInterrupt else "FAILED" if exc_type else "FINISHED")
+        # SystemExit here is a stop signal turned into an exit (pipelines.run): the run was killed, not failed
+        stopped = exc_type is not None and issubclass(exc_type, KeyboardInterrupt | SystemExit)
+        self.finish("KILLED" if stopped else "FAILED" if exc_type else "FINISHED")

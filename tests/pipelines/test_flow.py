@@ -148,6 +148,22 @@ def test_a_failing_stage_fails_the_flow_and_bad_parameters_fail_before_any_stage
     assert parent.info.status == "FAILED"
 
 
+def test_a_flow_run_takes_the_workspace_lock_of_make_run(scratch):
+    """While another pipeline run holds the checkout, the flow fails before writing params.yaml or running a stage."""
+    import os
+
+    from pipelines.flow import tcl_pipeline
+    from tcl.pipeline.lock import WorkspaceLock
+
+    before = (scratch / "params.yaml").read_text()
+    with WorkspaceLock.acquire(scratch, "python -m pipelines.run -S prepare_clip.steps=3"):
+        state = tcl_pipeline(project_root=str(scratch), overrides=["prepare_clip.steps=5"], track=False,
+                             return_state=True)
+    assert state.is_failed() and f"PID {os.getpid()}," in state.message
+    assert "command: python -m pipelines.run -S prepare_clip.steps=3" in state.message
+    assert (scratch / "params.yaml").read_text() == before and not (scratch / "world.txt").exists()
+
+
 def test_flow_on_the_real_stages_then_dvc_finds_nothing_to_do(tmp_path, monkeypatch):
     """synthetic → download@synthetic → convert_coco_object@synthetic, for real, on a tiny world."""
     from pipelines.flow import tcl_pipeline

@@ -99,7 +99,7 @@ def project(tmp_path, tiny_clip_dir, tiny_shards, monkeypatch):
 
 
 def params_with_validation(project: Path, shards: Path) -> Path:
-    raw = tiny_params(shards, checkpoint_every=3, val_every=3, val_benchmarks=["t_synthetic_voc"])
+    raw = tiny_params(shards, steps=8, checkpoint_every=4, val_every=4, val_benchmarks=["t_synthetic_voc"])
     raw["evaluate"] = {"data_roots": {"synthetic_voc": "data/VOCdevkit/VOC2012"}, "num_workers": 0, "overlays": 0,
                        "protocols": {"synthetic": {"short_side": 24, "long_side": 64, "crop": 16, "stride": 8}}}
     return write_params(project / "params.yaml", raw)
@@ -114,7 +114,7 @@ def test_a_resumed_run_has_one_point_per_step_equal_to_an_uninterrupted_run(proj
     assert run_to_end(reference) and reference.returncode == 0
 
     victim = start_stage(project, "b", params_file)
-    kill_at(victim, "step 5/6")  # latest.pt holds step 3; steps 4-5 were computed and are computed again
+    kill_at(victim, "step 7/8")  # latest.pt holds step 4; steps 5-7 were computed and are computed again
     resumed = start_stage(project, "b", params_file)
     output = run_to_end(resumed)
     assert resumed.returncode == 0 and "resumed from" in output, output[-3000:]
@@ -129,16 +129,16 @@ def test_a_resumed_run_has_one_point_per_step_equal_to_an_uninterrupted_run(proj
         assert [s for s, _ in b[key]] == [s for s, _ in a[key]], key
         if key not in TIMING:
             assert b[key] == a[key], key  # bit-identical training: the same values
-    assert [s for s, _ in b["train/loss"]] == [1, 2, 3, 4, 5, 6] and [s for s, _ in b["val/avg_miou"]] == [3, 6]
-    assert_once_per_step(b, curve_points(project / "b" / "metrics"), [1, 2, 3, 4, 5, 6])
+    assert [s for s, _ in b["train/loss"]] == list(range(1, 9)) and [s for s, _ in b["val/avg_miou"]] == [4, 8]
+    assert_once_per_step(b, curve_points(project / "b" / "metrics"), list(range(1, 9)))
 
 
 @pytest.mark.slow  # ~60 s: two runs of the training stage under torchrun
 def test_a_resumed_two_process_run_has_one_point_per_step(project, tiny_shards):
     from mlflow.tracking import MlflowClient
 
-    params_file = write_params(project / "params.yaml", tiny_params(tiny_shards, checkpoint_every=3))
-    kill_at(start_stage(project, "b", params_file, procs=2), "step 5/6")  # every process at once
+    params_file = write_params(project / "params.yaml", tiny_params(tiny_shards, steps=8, checkpoint_every=4))
+    kill_at(start_stage(project, "b", params_file, procs=2), "step 7/8")  # every process at once
     resumed = start_stage(project, "b", params_file, procs=2)
     output = run_to_end(resumed)
     assert resumed.returncode == 0 and "resumed from" in output, output[-3000:]
@@ -147,7 +147,7 @@ def test_a_resumed_two_process_run_has_one_point_per_step(project, tiny_shards):
     run_id, history = histories(client, "b")
     assert len(client.search_runs([client.get_run(run_id).info.experiment_id])) == 1  # rank 1 logs nothing
     assert client.get_run(run_id).data.params["derived.world_size"] == "2"
-    assert_once_per_step(history, curve_points(project / "b" / "metrics"), [1, 2, 3, 4, 5, 6])
+    assert_once_per_step(history, curve_points(project / "b" / "metrics"), list(range(1, 9)))
 
 
 @pytest.mark.slow  # ~60 s: two runs of the training stage, MLflow's first write to the locked store waits 20 s

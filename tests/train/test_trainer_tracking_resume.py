@@ -18,6 +18,7 @@ from tests.train.conftest import tiny_params, write_params
 
 ROOT = Path(__file__).resolve().parents[2]
 STAGE = ROOT / "stages" / "train.py"
+STEPS = 20  # a tiny step takes ~0.1 s: the kill, however late, lands mid-run after some checkpoint
 TIMING = {"train/samples_per_s"}  # measured time: the only value two identical runs do not share
 
 
@@ -41,6 +42,17 @@ def run_to_end(process: subprocess.Popen, on_line=None) -> str:
             on_line(line)
     process.wait(timeout=300)
     return "".join(output)
+
+
+def kill_mid_run(process: subprocess.Popen, name: str) -> int:
+    """SIGKILL the stage once it reports step 6 (``latest.pt`` holds step 4 or later, not the last);
+    returns the checkpoint's step."""
+    from tcl.checkpoint import read_checkpoint
+
+    kill_at(process, f"step 6/{STEPS}")
+    step = read_checkpoint(Path.cwd() / name / "out" / "latest.pt")["step"]
+    assert 4 <= step < STEPS
+    return step
 
 
 def kill_at(process: subprocess.Popen, prefix: str, before_kill=None) -> None:
@@ -99,7 +111,7 @@ def project(tmp_path, tiny_clip_dir, tiny_shards, monkeypatch):
 
 
 def params_with_validation(project: Path, shards: Path) -> Path:
-    raw = tiny_params(shards, steps=8, checkpoint_every=4, val_every=4, val_benchmarks=["t_synthetic_voc"])
+    raw = tiny_params(shards, steps=STEPS, checkpoint_every=4, val_every=10, val_benchmarks=["t_synthetic_voc"])
     raw["evaluate"] = {"data_roots": {"synthetic_voc": "data/VOCdevkit/VOC2012"}, "num_workers": 0, "overlays": 0,
                        "protocols": {"synthetic": {"short_side": 24, "long_side": 64, "crop": 16, "stride": 8}}}
     return write_params(project / "params.yaml", raw)
@@ -114,7 +126,7 @@ def test_a_resumed_run_has_one_point_per_step_equal_to_an_uninterrupted_run(proj
     assert run_to_end(reference) and reference.returncode == 0
 
     victim = start_stage(project, "b", params_file)
-    kill_at(victim, "step 7/8")  # latest.pt holds step 4; steps 5-7 were computed and are computed again
+    kill_mid_run(victim, "b")  # the steps after latest.pt's were computed and are computed again
     resumed = start_stage(project, "b", params_file)
     output = run_to_end(resumed)
     assert resumed.returncode == 0 and "resumed from" in output, output[-3000:]
@@ -129,16 +141,17 @@ def test_a_resumed_run_has_one_point_per_step_equal_to_an_uninterrupted_run(proj
         assert [s for s, _ in b[key]] == [s for s, _ in a[key]], key
         if key not in TIMING:
             assert b[key] == a[key], key  # bit-identical training: the same values
-    assert [s for s, _ in b["train/loss"]] == list(range(1, 9)) and [s for s, _ in b["val/avg_miou"]] == [4, 8]
-    assert_once_per_step(b, curve_points(project / "b" / "metrics"), list(range(1, 9)))
+    assert [s for s, _ in b["train/loss"]] == list(range(1, STEPS + 1))
+    assert [s for s, _ in b["val/avg_miou"]] == [10, 20]
+    assert_once_per_step(b, curve_points(project / "b" / "metrics"), list(range(1, STEPS + 1)))
 
 
 @pytest.mark.slow  # ~60 s: two runs of the training stage under torchrun
 def test_a_resumed_two_process_run_has_one_point_per_step(project, tiny_shards):
     from mlflow.tracking import MlflowClient
 
-    params_file = write_params(project / "params.yaml", tiny_params(tiny_shards, steps=8, checkpoint_every=4))
-    kill_at(start_stage(project, "b", params_file, procs=2), "step 7/8")  # every process at once
+    params_file = write_params(project / "params.yaml", tiny_params(tiny_shards, steps=STEPS, checkpoint_every=4))
+    kill_mid_run(start_stage(project, "b", params_file, procs=2), "b")  # every process at once
     resumed = start_stage(project, "b", params_file, procs=2)
     output = run_to_end(resumed)
     assert resumed.returncode == 0 and "resumed from" in output, output[-3000:]
@@ -147,7 +160,7 @@ def test_a_resumed_two_process_run_has_one_point_per_step(project, tiny_shards):
     run_id, history = histories(client, "b")
     assert len(client.search_runs([client.get_run(run_id).info.experiment_id])) == 1  # rank 1 logs nothing
     assert client.get_run(run_id).data.params["derived.world_size"] == "2"
-    assert_once_per_step(history, curve_points(project / "b" / "metrics"), list(range(1, 9)))
+    assert_once_per_step(history, curve_points(project / "b" / "metrics"), list(range(1, STEPS + 1)))
 
 
 @pytest.mark.slow  # ~60 s: two runs of the training stage, MLflow's first write to the locked store waits 20 s

@@ -18,7 +18,7 @@ from tests.train.conftest import tiny_params, write_params
 
 ROOT = Path(__file__).resolve().parents[2]
 STAGE = ROOT / "stages" / "train.py"
-STEPS = 20  # a tiny step takes ~0.1 s: the kill, however late, lands mid-run after some checkpoint
+STEPS, CHECKPOINT_EVERY = 20, 10  # a tiny step takes ~0.1 s: the kill, however late, lands mid-run
 TIMING = {"train/samples_per_s"}  # measured time: the only value two identical runs do not share
 
 
@@ -45,13 +45,17 @@ def run_to_end(process: subprocess.Popen, on_line=None) -> str:
 
 
 def kill_mid_run(process: subprocess.Popen, name: str) -> int:
-    """SIGKILL the stage once it reports step 6 (``latest.pt`` holds step 4 or later, not the last);
-    returns the checkpoint's step."""
+    """SIGKILL the stage once it reports step 13, three steps after the checkpoint of step 10 (steps that
+    reached the store at once before metrics were held); returns the checkpoint's step."""
+    from mlflow.tracking import MlflowClient
+
     from tcl.checkpoint import read_checkpoint
 
-    kill_at(process, f"step 6/{STEPS}")
+    kill_at(process, f"step 13/{STEPS}")
     step = read_checkpoint(Path.cwd() / name / "out" / "latest.pt")["step"]
-    assert 4 <= step < STEPS
+    assert CHECKPOINT_EVERY <= step < STEPS
+    _, stored = histories(MlflowClient(os.environ["MLFLOW_TRACKING_URI"]), name)
+    assert max((s for points in stored.values() for s, _ in points), default=0) <= step  # held until a checkpoint
     return step
 
 
@@ -101,17 +105,19 @@ def assert_once_per_step(history: dict, curve: dict, steps: list[int]) -> None:
 
 @pytest.fixture()
 def project(tmp_path, tiny_clip_dir, tiny_shards, monkeypatch):
-    """A tmp folder with the tiny CLIP (as ``clip``), the validation data, and a params file."""
+    """A tmp folder (the cwd) with the tiny CLIP (as ``clip``), the validation data and the store."""
     from tests.eval.conftest import write_layout
 
     (tmp_path / "clip").symlink_to(tiny_clip_dir, target_is_directory=True)
     write_layout(tmp_path, "voc", split="train", images=2)
     monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
     return tmp_path
 
 
 def params_with_validation(project: Path, shards: Path) -> Path:
-    raw = tiny_params(shards, steps=STEPS, checkpoint_every=4, val_every=10, val_benchmarks=["t_synthetic_voc"])
+    raw = tiny_params(shards, steps=STEPS, checkpoint_every=CHECKPOINT_EVERY, val_every=10,
+                      val_benchmarks=["t_synthetic_voc"])
     raw["evaluate"] = {"data_roots": {"synthetic_voc": "data/VOCdevkit/VOC2012"}, "num_workers": 0, "overlays": 0,
                        "protocols": {"synthetic": {"short_side": 24, "long_side": 64, "crop": 16, "stride": 8}}}
     return write_params(project / "params.yaml", raw)
@@ -150,7 +156,8 @@ def test_a_resumed_run_has_one_point_per_step_equal_to_an_uninterrupted_run(proj
 def test_a_resumed_two_process_run_has_one_point_per_step(project, tiny_shards):
     from mlflow.tracking import MlflowClient
 
-    params_file = write_params(project / "params.yaml", tiny_params(tiny_shards, steps=STEPS, checkpoint_every=4))
+    params = tiny_params(tiny_shards, steps=STEPS, checkpoint_every=CHECKPOINT_EVERY)
+    params_file = write_params(project / "params.yaml", params)
     kill_mid_run(start_stage(project, "b", params_file, procs=2), "b")  # every process at once
     resumed = start_stage(project, "b", params_file, procs=2)
     output = run_to_end(resumed)

@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -108,6 +109,7 @@ def test_a_store_unlocked_during_finish_gets_the_queue_and_the_end_of_the_run(st
         for line in owner.stderr:  # bounded: the owner gives up after 54 s and exits
             seen.append(line)
             if "went away" in line and "TrackingWarning" in line:
+                time.sleep(3)  # longer than one probe: finish() must keep waiting for the store
                 break  # the tracker took the store for down while finish() runs: now unlock
     _, err = owner.communicate(timeout=120)  # finish() sees the store back, delivers and returns
     assert owner.returncode == 0, err[-2000:]

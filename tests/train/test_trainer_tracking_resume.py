@@ -9,6 +9,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -207,7 +208,8 @@ def test_a_store_locked_until_training_ended_gets_every_step_and_the_end_of_the_
         if line.startswith("step 2/6"):
             lock.acquire()  # the release of steps 1-2 right after this line meets the lock
         seen.update(key for key in ("step 6/6", "went away") if key in line)
-        if len(seen) == 2:  # training is over and the tracker took the store for down: unlock now
+        if len(seen) == 2 and lock.proc is not None:  # training is over, the tracker took the store for down
+            time.sleep(3)  # longer than one probe: finish() must keep waiting for the store
             lock.release()
 
     try:

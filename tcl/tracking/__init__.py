@@ -3,8 +3,11 @@
 ``RunTracker.start(...)`` opens one run (nested under a parent run when the pipeline passes one) in
 the store named by ``MLFLOW_TRACKING_URI``, or in the project's embedded SQLite store
 (``mlflow.db`` + ``mlartifacts/``) so no server is needed. Logging happens in a background thread
-and never raises into, or stalls, training: an unreachable server costs a warning and the dropped
-calls, nothing else. MLflow itself is imported only when a run is started.
+and never raises into, or stalls, training: a store unreachable at start gives an untracked run; one
+that goes away mid-run (server down, SQLite locked) gets the queued calls when it is back, within
+``finish``'s wait at the latest, after which they are dropped. A run its process could not end is
+closed as FAILED by the next start in its experiment on that host (``owner``). MLflow itself is
+imported only when a run is started.
 """
 
 from .context import (

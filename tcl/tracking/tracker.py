@@ -7,13 +7,27 @@ process). Consecutive metric/param/tag calls are merged into one ``log_batch`` r
 
 Failure handling, in the worker thread only:
 
-* a request fails and the server does not answer a ``/health`` probe → the tracker is *down*: one
-  warning, the failed call and the queue are kept, the probe is repeated every ``retry_interval``
-  seconds, and when the server answers again the queue is replayed (a second warning says so);
-* a request fails but the server answers (bad value, missing file, a SQLite error) → that call is
-  dropped and counted, with one warning per kind of failure;
-* ``finish(timeout)`` waits at most ``timeout`` seconds; if the server is down by then, what is still
-  queued is dropped and the worker exits. An unreachable server at ``start`` gives a disabled tracker.
+* a request fails and the store does not answer a probe (a server's ``/health``; for the embedded
+  SQLite store, a write transaction, which fails while another process locks the database) → the
+  tracker is *down*: one warning, the failed call and the queue are kept, the probe is repeated every
+  ``retry_interval`` seconds, and when the store answers again the queue is replayed (a second
+  warning says so);
+* a request fails but the store answers (bad value, missing file) → that call is dropped and
+  counted, with one warning per kind of failure;
+* ``finish(timeout)`` keeps probing a store that is down, every second, for at most ``timeout``
+  seconds, so a store back within that time still receives the queue and the end of the run; after
+  that what is still queued is dropped and the worker exits, and the run stays ``RUNNING`` until the
+  next :meth:`RunTracker.start` in its experiment on this host closes it as ``FAILED`` (``owner``).
+  An unreachable store at ``start`` gives a disabled tracker.
+
+Exactly-once metrics for resumable work (``hold_metrics=True``, the training loop): metrics are held
+in memory until :meth:`RunTracker.release` is called for their step once a checkpoint covering it is
+written, so the steps a killed run computed after its last checkpoint, which the resumed run computes
+again, never reach the store twice. What was released but is not confirmed stored yet
+(:meth:`RunTracker.unconfirmed_metrics`) goes into the checkpoint, and the resumed run hands it to
+:meth:`RunTracker.replay_metrics`, which sends only the points the store lacks. This works with any
+store (no deletion needed, which a remote server does not offer); the price is that the UI sees
+metrics at checkpoint granularity.
 
 MLflow's own HTTP retries are cut to a few seconds while our calls run (see ``transport``).
 """
@@ -32,6 +46,7 @@ from pathlib import Path
 from typing import Any
 
 from .context import PARENT_RUN_ENV, resolve_tracking_uri, run_tags
+from .owner import close_orphaned_runs, owner_tags
 from .transport import TrackingWarning, http_limits, make_client, open_run, probe
 from .transport import warn as _warn
 from .values import (
@@ -49,7 +64,7 @@ __all__ = ["RunTracker", "TrackingWarning"]
 
 @dataclass
 class _Op:
-    kind: str  # batch | image | artifact | text | end | stop
+    kind: str  # batch | replay | image | artifact | text | end | stop
     payload: Any = None
     metrics: list = field(default_factory=list)  # (key, value, timestamp_ms, step)
     params: list = field(default_factory=list)  # (key, value)
@@ -79,13 +94,18 @@ class RunTracker:
     rank, an unreachable server) accepts every call and does nothing."""
 
     def __init__(self, run_name: str, *, client: Any = None, run_id: str | None = None, tracking_uri: str | None = None,
-                 experiment_id: str | None = None, max_pending: int = 10_000, retry_interval: float = 30.0):
+                 experiment_id: str | None = None, max_pending: int = 10_000, retry_interval: float = 30.0,
+                 hold_metrics: bool = False):
         self.run_name = run_name
         self.tracking_uri = tracking_uri
         self.experiment_id = experiment_id
         self._client, self._run_id = client, run_id
         self._max_pending, self._retry_interval = max_pending, retry_interval
         self._queue: collections.deque[_Op] = collections.deque()
+        self._inflight: _Op | None = None
+        self._hold = hold_metrics
+        self._held: list[tuple[str, float, int, int]] = []  # metric rows waiting for release()
+        self._give_up_at = float("inf")  # set by finish(): when a store that is down is given up on
         self._cond = threading.Condition()
         self._wake = threading.Event()  # interrupts the wait between probes when finish() is called
         self._busy = self._closed = self._stopping = self._down = False
@@ -103,7 +123,7 @@ class RunTracker:
     def start(cls, run_name: str, *, experiment: str | None = None, parent_run_id: str | None = None,
               tags: dict[str, Any] | None = None, tracking_uri: str | None = None, resume_run_id: str | None = None,
               enabled: bool = True, stage: str | None = None, max_pending: int = 10_000,
-              retry_interval: float = 30.0) -> RunTracker:
+              retry_interval: float = 30.0, hold_metrics: bool = False) -> RunTracker:
         """Open (or resume) a run and return its tracker; never raises on tracking failures.
 
         ``tracking_uri``: else ``MLFLOW_TRACKING_URI``, else the embedded store of the project.
@@ -112,13 +132,15 @@ class RunTracker:
         (the UI nests runs only within one experiment). ``experiment``: else the parent's, else env
         ``MLFLOW_EXPERIMENT_NAME``, else ``"tcl"``. Tags: :func:`run_tags` (``stage``) updated by ``tags``.
         ``resume_run_id``: reopen that run (a resumed training) instead of creating one.
+        ``hold_metrics``: keep metrics until :meth:`release` (see the module docstring).
+        Runs of the experiment left ``RUNNING`` by a dead process of this host are closed (``owner``).
         """
         if not enabled:
             return cls(run_name)
         uri = resolve_tracking_uri(tracking_uri)
         reason = probe(uri)
         if reason is not None:
-            _warn(f"MLflow tracking server {uri} is unreachable ({reason}); run {run_name!r} is not tracked, "
+            _warn(f"MLflow tracking store {uri} is unreachable ({reason}); run {run_name!r} is not tracked, "
                   f"training continues")
             return cls(run_name, tracking_uri=uri)
         parent_run_id = parent_run_id or os.environ.get(PARENT_RUN_ENV) or None
@@ -126,13 +148,23 @@ class RunTracker:
             with http_limits():
                 client = make_client(uri)
                 run_id, experiment_id = open_run(client, uri, run_name, experiment, parent_run_id,
-                                                  {**run_tags(stage), **(tags or {})}, resume_run_id)
+                                                  {**run_tags(stage), **owner_tags(), **(tags or {})}, resume_run_id)
         except Exception as err:  # tracking must never stop training
             _warn(f"MLflow tracking at {uri} failed to open run {run_name!r} ({type(err).__name__}: "
                   f"{' '.join(str(err).split())[:300]}); training continues untracked")
             return cls(run_name, tracking_uri=uri)
+        try:
+            with http_limits():
+                closed = close_orphaned_runs(client, experiment_id, run_id)
+        except Exception as err:  # a repair that fails now is retried by the next start
+            _warn(f"MLflow tracking at {uri}: could not check for runs left RUNNING by dead processes "
+                  f"({type(err).__name__}: {' '.join(str(err).split())[:200]})")
+        else:
+            if closed:
+                _warn(f"MLflow: {len(closed)} run(s) left RUNNING by a process that had ended set to FAILED "
+                      f"({', '.join(closed[:5])})")
         return cls(run_name, client=client, run_id=run_id, tracking_uri=uri, experiment_id=experiment_id,
-                   max_pending=max_pending, retry_interval=retry_interval)
+                   max_pending=max_pending, retry_interval=retry_interval, hold_metrics=hold_metrics)
 
     def child(self, run_name: str, **kwargs: Any) -> RunTracker:
         """A run nested under this one, in the same store (disabled if this tracker is)."""
@@ -175,7 +207,8 @@ class RunTracker:
             self._submit(_Op("batch", params=part))
 
     def log_metrics(self, metrics: dict[str, Any], step: int | None = None) -> None:
-        """Log numbers (floats, ints, numpy scalars, 0-d tensors) at ``step``; non-numbers are skipped."""
+        """Log numbers (floats, ints, numpy scalars, 0-d tensors) at ``step``; non-numbers are skipped.
+        With ``hold_metrics``, they are sent once :meth:`release` covers ``step``."""
         if self._run_id is None:
             return
         now, rows = int(time.time() * 1000), []
@@ -186,8 +219,38 @@ class RunTracker:
                                                  f"({type(value).__name__}); skipped")
                 continue
             rows.append((clean_key(key), number, now, int(step or 0)))
+        if self._hold:
+            self._held += rows
+            return
         for part in chunks(rows, MAX_METRICS_PER_BATCH):
             self._submit(_Op("batch", metrics=part))
+
+    def unconfirmed_metrics(self, step: int) -> list[list]:
+        """The metric rows ``[key, value, timestamp_ms, step]`` of steps up to ``step`` that the store
+        has not confirmed yet (held, queued or being sent): what a checkpoint at ``step`` must carry so
+        that a resumed run can :meth:`replay_metrics` them if this process dies before they are stored."""
+        if self._run_id is None:
+            return []
+        with self._cond:
+            pending = [op for op in (self._inflight, *self._queue) if op is not None and op.kind in ("batch", "replay")]
+            rows = [row for op in pending for row in op.metrics]
+        return [list(row) for row in (*rows, *self._held) if row[3] <= step]
+
+    def release(self, step: int) -> None:
+        """Send the held metrics of steps up to ``step`` (call it once a checkpoint of ``step`` is written)."""
+        if self._run_id is None:
+            return
+        ready = [row for row in self._held if row[3] <= step]
+        self._held = [row for row in self._held if row[3] > step]
+        for part in chunks(ready, MAX_METRICS_PER_BATCH):
+            self._submit(_Op("batch", metrics=part))
+
+    def replay_metrics(self, rows: list) -> None:
+        """Send the rows (from :meth:`unconfirmed_metrics`) whose key has no point at that step in the
+        store yet; rows the store already holds are skipped, so replaying twice logs nothing twice."""
+        if self._run_id is None or not rows:
+            return
+        self._submit(_Op("replay", metrics=[(str(k), float(v), int(t), int(s)) for k, v, t, s in rows]))
 
     def set_tags(self, tags: dict[str, Any]) -> None:
         if self._run_id is None:
@@ -241,10 +304,14 @@ class RunTracker:
 
     def finish(self, status: str = "FINISHED", timeout: float = 30.0) -> None:
         """End the run with ``status`` (FINISHED, FAILED, KILLED), waiting at most ``timeout`` seconds
-        for the queue; later calls on this tracker are ignored."""
+        for the queue (and for a store that is down to come back); later calls on this tracker are
+        ignored. Held metrics that no :meth:`release` covered are not sent: a resumed run logs them."""
         if self._worker is None or self._closed:
             return
+        self._held = []
         with self._cond:
+            # a margin before the join below times out, so the worker normally ends by itself
+            self._give_up_at = time.monotonic() + 0.9 * timeout
             self._queue.append(_Op("end", payload=status))
             self._queue.append(_Op("stop"))
             self._closed = self._stopping = True
@@ -319,6 +386,7 @@ class RunTracker:
                 if op.kind == "batch":
                     op = _merge(op, self._queue)
                 self._busy = op.kind != "stop"
+                self._inflight = op
             if op.kind == "stop":
                 break
             try:
@@ -326,13 +394,14 @@ class RunTracker:
             finally:
                 self._discard(op)
                 with self._cond:
-                    self._busy = False
+                    self._busy, self._inflight = False, None
                     self._cond.notify_all()
         with self._cond:
             self._cond.notify_all()
 
     def _deliver(self, op: _Op) -> None:
-        """Send one op; while the server is down, wait for it (or give up once finish() was called)."""
+        """Send one op; while the store is down, wait for it (or give up once finish()'s time is up)."""
+        locked_retries = 3  # SQLite "database is locked" although the probe got through: a lock just released
         while True:
             if self._down and not self._wait_for_server():
                 self._count_dropped()
@@ -343,9 +412,12 @@ class RunTracker:
                 return
             except Exception as err:  # classify, never propagate
                 reason = probe(self.tracking_uri or "")
+                if reason is None and "database is locked" in str(err) and locked_retries > 0:
+                    locked_retries -= 1
+                    continue
                 if reason is not None:
                     self._set_down(True)
-                    self._warn_once("down", f"MLflow tracking server {self.tracking_uri} went away ({reason}); "
+                    self._warn_once("down", f"MLflow tracking store {self.tracking_uri} went away ({reason}); "
                                             f"run {self.run_name!r} keeps training, tracking calls are queued "
                                             f"(up to {self._max_pending}) and retried every "
                                             f"{self._retry_interval:g} s")
@@ -357,12 +429,15 @@ class RunTracker:
                 return
 
     def _wait_for_server(self) -> bool:
-        """Probe until the server answers (True) or finish() gave up on it (False)."""
+        """Probe until the store answers (True) or finish() gave up on it (False)."""
         while True:
             if self._stopping:
                 if probe(self.tracking_uri or "", timeout=1.0) is None:
                     break
-                with self._cond:  # finish() was called and the server is still gone: drop the rest
+                if time.monotonic() < self._give_up_at:
+                    time.sleep(1.0)
+                    continue
+                with self._cond:  # finish()'s time is up and the store is still gone: drop the rest
                     self._dropped += sum(1 for op in self._queue if op.kind not in ("stop",))
                     for op in self._queue:
                         self._discard(op)
@@ -373,13 +448,15 @@ class RunTracker:
                 break
         self._set_down(False)
         self._warned.discard("down")
-        _warn(f"MLflow tracking server {self.tracking_uri} is reachable again; run {self.run_name!r} resumes "
+        _warn(f"MLflow tracking store {self.tracking_uri} is reachable again; run {self.run_name!r} resumes "
               f"logging ({self._dropped} calls dropped so far)")
         return True
 
     def _send(self, op: _Op) -> None:
         client, run_id = self._client, self._run_id
-        if op.kind == "batch":
+        if op.kind == "replay":
+            self._send_missing(op.metrics)
+        elif op.kind == "batch":
             from mlflow.entities import Metric, Param, RunTag
 
             try:
@@ -400,6 +477,15 @@ class RunTracker:
             client.log_artifact(run_id, str(local), artifact_path)
         elif op.kind == "end":
             client.set_terminated(run_id, status=op.payload)
+
+    def _send_missing(self, rows: list[tuple[str, float, int, int]]) -> None:
+        from mlflow.entities import Metric
+
+        stored = {(key, point.step) for key in sorted({row[0] for row in rows})
+                  for point in self._client.get_metric_history(self._run_id, key)}
+        missing = [Metric(k, v, t, s) for k, v, t, s in rows if (k, s) not in stored]
+        for part in chunks(missing, MAX_METRICS_PER_BATCH):
+            self._client.log_batch(self._run_id, metrics=part)
 
     def _send_params_one_by_one(self, params: list[tuple[str, str]]) -> None:
         """MLflow rejects a whole batch when one param changes value (e.g. ``--steps`` on a resumed run):

@@ -5,13 +5,15 @@ MLflow's HTTP client retries a failed request with exponential backoff for about
 default, and reads its limits from process environment variables at every request. We cannot pass
 limits per client, so :func:`http_limits` sets short ones (unless the user set their own) only while
 one of our calls is in flight, reference-counted across threads, and restores the environment after.
-A cheap ``GET /health`` with a short timeout tells "server gone" apart from "request rejected".
+A cheap ``GET /health`` with a short timeout tells "server gone" apart from "request rejected"; for
+the embedded SQLite store, a short write transaction tells "locked by another process" apart from it.
 """
 
 from __future__ import annotations
 
 import os
 import re
+import sqlite3
 import threading
 import warnings
 from collections.abc import Iterator
@@ -22,8 +24,8 @@ from urllib.parse import urlparse
 
 from .values import MAX_PARAMS_TAGS_PER_BATCH, MAX_TAG_VALUE_LENGTH, clean_key
 
-__all__ = ["HTTP_LIMITS", "TrackingWarning", "warn", "is_remote", "probe", "http_limits", "make_client",
-           "ensure_experiment", "artifact_location", "open_run"]
+__all__ = ["HTTP_LIMITS", "TrackingWarning", "warn", "is_remote", "sqlite_path", "probe", "http_limits",
+           "make_client", "ensure_experiment", "artifact_location", "open_run"]
 
 #: Limits applied to our own MLflow HTTP calls: two retries within ~3 s when the server refuses
 #: connections (instead of ~4 min), and 60 s per socket wait (a server may take that long to store a
@@ -50,11 +52,41 @@ def is_remote(uri: str) -> bool:
     return urlparse(uri).scheme in ("http", "https")
 
 
-def probe(uri: str, timeout: float = 3.0) -> str | None:
-    """``None`` when the store at ``uri`` answers, else a one-line reason. Local stores always answer;
-    for a server any HTTP response counts (auth or a proxy may answer 401/404 on ``/health``)."""
-    if not is_remote(uri):
+def sqlite_path(uri: str) -> Path | None:
+    """The database file of a ``sqlite:///`` URI (``None`` for other stores and in-memory SQLite)."""
+    parsed = urlparse(uri)
+    if parsed.scheme != "sqlite" or not parsed.path or parsed.path in ("/", "/:memory:"):
         return None
+    return Path(parsed.path[1:])  # sqlite:///rel.db -> "/rel.db", sqlite:////abs.db -> "//abs.db"
+
+
+def _probe_sqlite(path: Path, timeout: float) -> str | None:
+    """Open a write transaction and roll it back: fails while another process holds a lock that
+    MLflow's writes would wait on (e.g. ``BEGIN EXCLUSIVE``). A missing file is fine: MLflow creates it."""
+    if not path.is_file():
+        return None
+    try:
+        connection = sqlite3.connect(f"{path.resolve().as_uri()}?mode=rw", uri=True, timeout=timeout,
+                                     isolation_level=None)
+    except sqlite3.Error as err:
+        return f"{type(err).__name__}: {err}"
+    try:
+        connection.execute("BEGIN IMMEDIATE")
+        connection.execute("ROLLBACK")
+    except sqlite3.Error as err:
+        return f"{path.name}: {err}"
+    finally:
+        connection.close()
+    return None
+
+
+def probe(uri: str, timeout: float = 3.0) -> str | None:
+    """``None`` when the store at ``uri`` answers, else a one-line reason. A SQLite store answers when
+    it can be written (not locked by another process); other local stores always answer; for a server
+    any HTTP response counts (auth or a proxy may answer 401/404 on ``/health``)."""
+    if not is_remote(uri):
+        database = sqlite_path(uri)
+        return None if database is None else _probe_sqlite(database, timeout)
     try:
         import requests
     except ImportError:
@@ -104,10 +136,9 @@ def make_client(uri: str):
 def artifact_location(uri: str, experiment: str) -> str | None:
     """For a SQLite store, ``<folder of the .db>/mlartifacts/<experiment>`` (so artifacts sit beside the
     database instead of in the cwd's ``./mlruns``); ``None`` (the server's choice) otherwise."""
-    parsed = urlparse(uri)
-    if parsed.scheme != "sqlite" or not parsed.path or parsed.path in ("/", "/:memory:"):
+    db = sqlite_path(uri)
+    if db is None:
         return None
-    db = Path(parsed.path[1:])  # sqlite:///rel.db -> "/rel.db", sqlite:////abs.db -> "//abs.db"
     slug = re.sub(r"[^\w.-]+", "_", experiment).strip("._") or "default"
     return (db.resolve().parent / "mlartifacts" / slug).as_uri()
 

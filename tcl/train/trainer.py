@@ -119,6 +119,7 @@ class Trainer:
         self.scaler = make_grad_scaler(self.precision, rt.device)
 
         self.step, self.best, self.run_id = 0, -math.inf, None
+        self.unstored_metrics: list = []  # MLflow metric rows the checkpoint carries, replayed on resume
         self.nonfinite_total = self.nonfinite_in_row = 0
         self.val_metrics: dict[str, float] = {}
         stream_state = self._resume(resume)
@@ -166,6 +167,7 @@ class Trainer:
         extra = payload.get("extra", {})
         self.best = extra.get("best", -math.inf)
         self.run_id = extra.get("mlflow_run_id")
+        self.unstored_metrics = extra.get("mlflow_unstored_metrics", [])
         self.nonfinite_total = extra.get("nonfinite_total", 0)
         self.val_metrics = payload.get("metrics", {}).get("val", {})
         streams = payload.get("stream") or []
@@ -179,9 +181,14 @@ class Trainer:
         from ..tracking import RunTracker
 
         enabled = track and self.runtime.is_main
-        tracker = RunTracker.start("train", stage="train", resume_run_id=self.run_id, enabled=enabled)
+        # Metrics wait for the checkpoint covering their step: the steps a killed run computed after its
+        # last checkpoint are computed again after resuming, and must reach MLflow once (RunTracker).
+        tracker = RunTracker.start("train", stage="train", resume_run_id=self.run_id, enabled=enabled,
+                                   hold_metrics=True)
         if enabled and self.run_id is None:
             tracker.log_params({**dataclasses.asdict(self.params), "derived": self.derived()})
+        if tracker.run_id is not None and tracker.run_id == self.run_id:
+            tracker.replay_metrics(self.unstored_metrics)  # covered by the checkpoint, maybe never stored
         self.run_id = tracker.run_id
         return tracker
 
@@ -369,8 +376,10 @@ class Trainer:
                           scaler=self.scaler.state_dict() if self.scaler else None, stream=streams,
                           metrics={"val": self.val_metrics},
                           extra={"best": self.best, "mlflow_run_id": self.run_id, "replica_digests": digests,
-                                 "nonfinite_total": self.nonfinite_total, "derived": self.derived()})
+                                 "nonfinite_total": self.nonfinite_total, "derived": self.derived(),
+                                 "mlflow_unstored_metrics": self.tracker.unconfirmed_metrics(self.step)})
             save_checkpoint(self.out_dir / LATEST, **fields)
+            self.tracker.release(self.step)  # only now: a run killed before this line recomputes these steps
             # Without validation the final model is the best one, as in the release (§3.8).
             if improved or (not self.cfg.val_benchmarks and self.step == self.cfg.steps):
                 save_checkpoint(self.out_dir / BEST, **fields)

@@ -69,7 +69,8 @@ def text(name: str, change: Callable[[str], str | bytes]) -> Mutation:
 
 def twice_nested(section: str, line: str) -> Mutation:
     """``line`` inserted as the first key of ``section``, which already holds that key."""
-    return text(f"{section}.{line.split(':')[0]} twice", lambda t: t.replace(f"\n{section}:\n", f"\n{section}:\n  {line}\n", 1))
+    return text(f"{section}.{line.split(':')[0]} twice",
+                lambda t: t.replace(f"\n{section}:\n", f"\n{section}:\n  {line}\n", 1))
 
 
 INCOMPLETE_CLIP = {"embed_dim": 64, "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 64, "heads": 4,

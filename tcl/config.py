@@ -271,6 +271,8 @@ class UniqueKeyLoader(yaml.SafeLoader):
 
 
 class DuplicateKeyError(yaml.YAMLError):
+    """A mapping key given twice; ``key`` is its dotted path, ``first`` and ``second`` the lines."""
+
     def __init__(self, key: str, first: int, second: int) -> None:
         super().__init__(f"{key} given twice (lines {first} and {second})")
         self.key, self.first, self.second = key, first, second

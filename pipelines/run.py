@@ -6,7 +6,9 @@
     python -m pipelines.run --force                  # dvc repro --force: every stage again
 
 Parameters (params.yaml plus any overrides) are validated before anything runs: a bad key, type or
-value is one line on stderr and exit status 2. When DVC finds nothing to do, no run is recorded.
+value is one line on stderr and exit status 2, and so is each missing input that no stage makes (URL
+lists, benchmark folders, CLIP weights: the paper setting's, see README). When DVC finds nothing to
+do, no run is recorded.
 Otherwise a parent run ``pipeline`` opens in MLflow and every stage's run nests under it; when the
 stages are done it receives the benchmark table's numbers, params.yaml, dvc.lock and the report.
 Exit status 1: a stage failed (its output is above the last line).
@@ -51,6 +53,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from tcl.config import ConfigError
     from tcl.pipeline import dvc_cli as dvc
+    from tcl.pipeline.inputs import missing_inputs
     from tcl.pipeline.lock import WorkspaceError, WorkspaceLock
     from tcl.pipeline.overrides import (
         load_overrides_file,
@@ -73,6 +76,11 @@ def main(argv: list[str] | None = None) -> int:
         changes = load_overrides_file(args.overrides_file) if args.overrides_file else []
         changes += parse_overrides(args.overrides)
         params = validate_overrides(params_file, changes)
+        missing = missing_inputs(params, root)  # before dvc starts: all of them, one line each
+        if missing:
+            for line in missing:
+                print(f"{PROG}: error: {line}", file=sys.stderr)
+            return 2
         force = ["--force"] if args.force else []
         if args.exp:
             command = ["exp", "run", "--name", args.exp, *force, *to_dvc_set_args(params_file, changes), *args.targets]

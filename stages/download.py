@@ -61,6 +61,27 @@ def _defaults_from_params(parser: argparse.ArgumentParser, params_file: Path, na
     return None
 
 
+def _check_inputs(args: argparse.Namespace) -> str | None:
+    """What can be checked before downloading, without creating anything: an error message or None."""
+    where = f"download.sources.{args.source}" if args.source else None
+    if not args.url_list.is_file():
+        key = f"{where}.list" if where else "--list"
+        return f"{key}: {args.url_list} not found (a TSV or parquet of (url, caption) pairs)"
+    if args.serve_root is not None and not args.serve_root.is_dir():
+        key = f"{where}.root" if where else "--serve-root"
+        return f"{key}: {args.serve_root} is not a folder"
+    folders = [(args.out, f"{where}.out" if where else "--out")]
+    if args.stats is not None:
+        folders.append((args.stats.parent, "--stats"))
+    for folder, key in folders:
+        existing = folder.absolute()
+        while not existing.exists():  # the first folder on the way that exists must be a folder
+            existing = existing.parent
+        if not existing.is_dir():
+            return f"{key}: cannot create {folder}: {existing} is a file, not a folder"
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     # Imported here, not at the top: img2dataset's spawned workers re-import this file, and ``tcl``
     # would load torch and open_clip into each of them for nothing (about 2 s per worker).
@@ -108,6 +129,10 @@ def main(argv: list[str] | None = None) -> int:
         args = parser.parse_args(argv)  # again: the command line wins over the file
     if args.url_list is None or args.out is None:
         parser.error("--list and --out are required (or --source with --params)")
+    error = _check_inputs(args)
+    if error:  # before img2dataset starts (and creates the output folder)
+        print(f"download: error: {error}", file=sys.stderr)
+        return 2
 
     try:
         stats = download_shards(

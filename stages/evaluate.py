@@ -174,6 +174,32 @@ def _evaluate(model, bench, config, model_info: dict, args, out: Path, root: Pat
             _log_mlflow(args, result, model_info, train_run)
 
 
+def check_inputs(args, params, to_score: list, to_sweep: list, config, root: Path, written: list[Path]) -> None:
+    """What this run reads and writes, before it loads a model or writes a file: the data of the
+    benchmarks it scores or sweeps, the model's files (unless it only passes a fixed threshold
+    through) and the output folders. Raises ``EvalDataError`` / ``ConfigError``; creates nothing."""
+    from tcl.config import ConfigError
+    from tcl.eval.datasets import check_layout
+    from tcl.preflight import check_output_folders, check_saved_clip
+
+    benches = to_score + to_sweep
+    for bench in benches:
+        check_layout(bench, config.data_roots, root)  # missing data fails in a second, not after the model loads
+    if benches:
+        if args.checkpoint is not None and not args.checkpoint.is_file():
+            raise ConfigError(f"checkpoint not found: {args.checkpoint} (--checkpoint: a training checkpoint or "
+                              "the official tcl.pth)")
+        if args.clip is not None:
+            check_saved_clip(args.clip, params.clip.model)
+        if args.clip_weights not in (None, "openai") and not Path(args.clip_weights).is_file():
+            raise ConfigError(f"--clip-weights: {args.clip_weights} not found")
+    outputs = [path.parent for path in written]
+    outputs += [(args.out or args.out_dir / f"{bench.name}.json").parent for bench in to_score]
+    if args.overlays and to_score:
+        outputs.append(Path(args.overlays))
+    check_output_folders(*outputs)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -196,7 +222,6 @@ def main(argv: list[str] | None = None) -> int:
     from tcl.checkpoint import CheckpointError
     from tcl.config import ConfigError
     from tcl.eval import EvalDataError, UnknownBenchmarkError, get_benchmark
-    from tcl.eval.datasets import check_layout
     from tcl.model import WeightsError
     from tcl.train.runtime import start_runtime
 
@@ -216,15 +241,16 @@ def main(argv: list[str] | None = None) -> int:
         else:
             sweep_file, to_score = args.choose_bg_thresh, benches
             split = get_benchmark(config.bg_thresh_split) if sweep_file is not None else None
-        if split is not None and config.bg_thresh is not None:  # fixed (the paper setting): nothing to choose
+        fixed = split is not None and config.bg_thresh is not None  # (the paper setting): nothing to choose
+        check_inputs(args, params, to_score, [split] if split and not fixed else [], config, root,
+                     [sweep_file] if split else [])
+        if fixed:
             write_json_atomic(sweep_file, {"benchmark": split.name, "candidates": {}, "best": config.bg_thresh,
                                            "fixed": True})
             print(f"{split.name}: bg_thresh fixed at {config.bg_thresh} by the parameters -> {sweep_file}")
             split = None
             if not to_score:
                 return 0
-        for bench in to_score + ([split] if split else []):
-            check_layout(bench, config.data_roots, root)  # before loading a model: missing data fails in a second
         runtime = start_runtime()
         device = runtime.device if args.device == "auto" else torch.device(args.device)
         model, model_info, train_run = _load_model(args, params)

@@ -36,6 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     tracker = None
     try:
         params = parser.load_params(args)
+        check_inputs(params, args.out)  # before the output folder or an MLflow run exists
         args.out.mkdir(parents=True, exist_ok=True)
         tracker = stage_run("prepare_clip")  # a child of the pipeline's MLflow run under make run / the flow
         tracker.log_params({"clip": params.clip, "prepare_clip": params.prepare_clip, "data": params.data})
@@ -70,6 +71,18 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     print(f"wrote {args.out / 'clip.pt'}")
     return 0
+
+
+def check_inputs(params, out: Path) -> None:
+    """The CLIP weights (a file, or ``openai`` cached or downloadable now) or, to train one, the
+    shards; and the output folder. Raises ``ConfigError``; creates nothing."""
+    from tcl.preflight import check_clip_weights, check_output_folders, check_shards
+
+    if params.clip.weights is not None:
+        check_clip_weights(params.clip.model, params.clip.weights)
+    else:
+        check_shards(params.data)
+    check_output_folders(out)
 
 
 if __name__ == "__main__":

@@ -31,7 +31,6 @@ from tcl.stage_parser import StageParser  # noqa: E402
 PROG = "train"
 
 
-
 def main(argv: list[str] | None = None) -> int:
     parser = StageParser(PROG, __doc__)
     parser.add_params_arguments(steps_key="train.steps")
@@ -52,12 +51,9 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         params = parser.load_params(args)
-        if not (args.clip / "clip.pt").is_file():
-            raise ConfigError(f"no CLIP at {args.clip}/clip.pt: run the prepare_clip stage first "
-                              "(python stages/prepare_clip.py) or pass --clip")
-        for folder in (args.out, args.metrics):
-            _check_writable(folder)
-            if os.environ.get("RANK", "0") == "0":  # the one writer: temporaries of a write killed earlier
+        check_inputs(params, args)  # everything that can fail before training, before an output exists
+        if os.environ.get("RANK", "0") == "0":  # the one writer: temporaries of a write killed earlier
+            for folder in (args.out, args.metrics):
                 remove_stale_temporaries(folder)
         summary = train(params, args.clip, args.out, resume=args.resume, metrics_dir=args.metrics,
                         track=not args.no_tracking)
@@ -81,15 +77,19 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _check_writable(folder: Path) -> None:
+def check_inputs(params, args) -> None:
+    """The saved CLIP (and that it is ``clip.model``'s), the shards, the validation benchmarks' data,
+    the checkpoint to resume from and the output folders; raises ``ConfigError``, creates nothing."""
     from tcl.config import ConfigError
+    from tcl.preflight import check_eval_data, check_output_folders, check_saved_clip, check_shards
 
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise ConfigError(f"cannot create output folder {folder}: {err.strerror}") from None
-    if not os.access(folder, os.W_OK):
-        raise ConfigError(f"output folder {folder} is not writable: choose another with --out/--metrics")
+    check_saved_clip(args.clip, params.clip.model)
+    check_shards(params.data)
+    # The trainer reads the validation sets relative to the working directory (the project root under DVC).
+    check_eval_data(params.train.val_benchmarks, params.evaluate, "train.val_benchmarks")
+    if args.resume not in ("auto", "none") and not Path(args.resume).is_file():
+        raise ConfigError(f"--resume: {args.resume} not found (auto, none, or a checkpoint file)")
+    check_output_folders(args.out, args.metrics)
 
 
 if __name__ == "__main__":

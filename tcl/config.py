@@ -8,6 +8,7 @@ impossible values raise :class:`ConfigError` with a one-line message that names 
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import re
 import types
@@ -31,7 +32,8 @@ from .train.clip_pretraining import ClipPretrainConfig
 from .train.runtime import PRECISIONS
 from .train.trainer import TrainConfig
 
-__all__ = ["ConfigError", "ClipSettings", "Params", "load_params", "read_params_file", "from_dict", "FLOAT_EXPONENT"]
+__all__ = ["ConfigError", "ClipSettings", "Params", "load_params", "read_params_file", "read_yaml_file", "from_dict",
+           "params_from_file", "UniqueKeyLoader", "DuplicateKeyError", "FLOAT_EXPONENT"]
 
 
 #: A float written with an exponent but no dot (``1e-05``): YAML 1.2 and Hydra read a number, PyYAML a string.
@@ -53,6 +55,24 @@ class ClipSettings:
 
     model: str | dict = "ViT-B-16-quickgelu"
     weights: str | None = None
+
+    def validate(self) -> ClipSettings:
+        if isinstance(self.model, dict):
+            from .model.factory import check_clip_config
+
+            try:
+                check_clip_config(self.model)
+            except ValueError as err:
+                raise ValueError(f"model.{err}") from None
+        elif not self.model:
+            raise ValueError("model: must be set (an open_clip config name or a config dict)")
+        if self.weights == "":
+            raise ValueError("weights: must be null, 'openai' or a weights file, got ''")
+        if self.weights == "openai" and isinstance(self.model, dict):
+            # open_clip would build its own ViT-B/16, not this dict, and the checkpoint would record the dict
+            raise ValueError("weights: 'openai' goes with an open_clip config name (ViT-B-16-quickgelu), "
+                             "not a config dict")
+        return self
 
 
 @dataclass(frozen=True)
@@ -140,12 +160,21 @@ def _type_name(tp) -> str:
     return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
 
 
-def _coerce(value: Any, tp, key: str) -> Any:
+def _check_finite(value: float, key: str) -> float:
+    # YAML reads .inf and .nan as floats (and 1e999 overflows to inf): no setting means either.
+    if not math.isfinite(value):
+        raise ConfigError(f"{key}: must be a finite number, got {value!r}")
+    return value
+
+
+def _coerce(value: Any, tp, key: str, required_in: str | None = None) -> Any:
     origin = typing.get_origin(tp)
+    if isinstance(value, float):
+        _check_finite(value, key)  # before a Union tries its options: the reason would be lost
     if origin in (typing.Union, types.UnionType):
         for option in typing.get_args(tp):
             try:
-                return _coerce(value, option, key)
+                return _coerce(value, option, key, required_in)
             except ConfigError:
                 continue
         raise ConfigError(f"{key}: expected {' or '.join(_type_name(t) for t in typing.get_args(tp))}, "
@@ -165,12 +194,13 @@ def _coerce(value: Any, tp, key: str) -> Any:
             return None
     elif dataclasses.is_dataclass(tp):
         if isinstance(value, dict):
-            return from_dict(tp, value, key)
+            return from_dict(tp, value, key, required_in=required_in)
     elif tp is float:
         if isinstance(value, int | float) and not isinstance(value, bool):
-            return float(value)
+            return _check_finite(float(value), key)
         if isinstance(value, str) and FLOAT_EXPONENT.match(value):
-            return float(value)  # YAML 1.1 reads 1e-05 (what `dvc exp run -S` writes) as a string
+            # YAML 1.1 reads 1e-05 (what `dvc exp run -S` writes) as a string
+            return _check_finite(float(value), key)
     elif tp is int:
         if isinstance(value, int) and not isinstance(value, bool):
             return value
@@ -182,20 +212,35 @@ def _coerce(value: Any, tp, key: str) -> Any:
     raise ConfigError(f"{key}: expected {_type_name(tp)}, got {type(value).__name__} {value!r}")
 
 
-def from_dict(cls, data: dict, prefix: str = ""):
-    """Build dataclass ``cls`` from ``data``, validating keys, types and value ranges."""
+def from_dict(cls, data: dict, prefix: str = "", *, required_in: str | None = None):
+    """Build dataclass ``cls`` from ``data``, validating keys, types and value ranges.
+
+    Fields missing from ``data`` take the dataclass defaults (configs built in code), unless
+    ``required_in`` names the file ``data`` was read from: then every field of ``cls`` and of its
+    nested sections must be there, so that the file, not the code, holds the values a run uses.
+    Entries of user-named collections (``data.sources[i]``, ``download.sources.<name>``) have no
+    counterpart in the file to default from: their optional fields keep the documented defaults.
+    """
     if not isinstance(data, dict):
         raise ConfigError(f"{prefix or 'params'}: expected a mapping, got {type(data).__name__}")
     hints = typing.get_type_hints(cls)
-    known = {f.name for f in dataclasses.fields(cls)}
+    known = [f.name for f in dataclasses.fields(cls)]
     for key in data:
         if key not in known:
             where = f"{prefix}.{key}" if prefix else key
             raise ConfigError(f"unknown key {where!r} (known keys here: {', '.join(sorted(known))})")
+    if required_in is not None:
+        for name in known:
+            if name not in data:
+                where = f"{prefix}.{name}" if prefix else name
+                raise ConfigError(f"{where}: missing from {required_in} (every key must be set there; the "
+                                  "project's params.yaml lists them all)")
     values = {}
     for name, raw in data.items():
         key = f"{prefix}.{name}" if prefix else name
-        value = _coerce(raw, hints[name], key)
+        # Items of lists and user-named mappings are collection entries (see the docstring).
+        collection = typing.get_origin(hints[name]) in (tuple, dict)
+        value = _coerce(raw, hints[name], key, None if collection else required_in)
         check = _CHECKS.get(key)
         if check and not check[0](value):
             raise ConfigError(f"{key}: {check[1]}, got {value!r}")
@@ -211,19 +256,95 @@ def from_dict(cls, data: dict, prefix: str = ""):
     return built
 
 
-def read_params_file(path: str | os.PathLike) -> dict:
-    """The raw mapping of a parameter file; a missing file or bad YAML is a one-line ConfigError."""
+class UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, except that a mapping key given twice is an error (PyYAML keeps the last).
+
+    Raises :class:`DuplicateKeyError` naming the dotted key and both lines.
+    """
+
+    def get_single_data(self):
+        node = self.get_single_node()
+        if node is None:
+            return None
+        _check_unique_keys(node, "", set())
+        return self.construct_document(node)
+
+
+class DuplicateKeyError(yaml.YAMLError):
+    """A mapping key given twice; ``key`` is its dotted path, ``first`` and ``second`` the lines."""
+
+    def __init__(self, key: str, first: int, second: int) -> None:
+        super().__init__(f"{key} given twice (lines {first} and {second})")
+        self.key, self.first, self.second = key, first, second
+
+
+def _check_unique_keys(node: yaml.Node, path: str, seen: set[int]) -> None:
+    if id(node) in seen:  # an alias: checked where its anchor is (and no endless loop on recursive ones)
+        return
+    seen.add(id(node))
+    if isinstance(node, yaml.MappingNode):
+        lines: dict[str, int] = {}
+        for key_node, value_node in node.value:
+            if isinstance(key_node, yaml.ScalarNode) and key_node.tag != "tag:yaml.org,2002:merge":
+                key, line = key_node.value, key_node.start_mark.line + 1
+                dotted = f"{path}.{key}" if path else key
+                if key in lines:
+                    raise DuplicateKeyError(dotted, lines[key], line)
+                lines[key] = line
+                _check_unique_keys(value_node, dotted, seen)
+            else:
+                _check_unique_keys(value_node, path, seen)
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            _check_unique_keys(item, f"{path}[{i}]", seen)
+
+
+def read_yaml_file(path: str | os.PathLike, what: str = "parameter file") -> Any:
+    """The YAML document of ``path`` (``None`` when empty); every problem is a one-line ConfigError.
+
+    Missing or unreadable files, bytes that are not UTF-8, YAML syntax errors and keys given twice
+    (at any level) are refused, each naming the file and, where there is one, the line or the key.
+    """
     path = Path(path)
     if not path.is_file():
-        raise ConfigError(f"parameter file not found: {path}")
+        raise ConfigError(f"{what} not found: {path}")
     try:
-        return yaml.safe_load(path.read_text()) or {}
+        raw = path.read_bytes()
+    except OSError as err:
+        raise ConfigError(f"{what} {path}: cannot read it ({err.strerror})") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = raw[:err.start].count(b"\n") + 1
+        raise ConfigError(f"{path}: not UTF-8 text (byte 0x{raw[err.start]:02x} at line {line}); "
+                          "save it as UTF-8") from None
+    try:
+        return yaml.load(text, Loader=UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+    except DuplicateKeyError as err:
+        raise ConfigError(f"{path}: {err.key} given twice (lines {err.first} and {err.second}); keep one") from None
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""
         raise ConfigError(f"{path}: not valid YAML{where}") from None
 
 
+def read_params_file(path: str | os.PathLike) -> dict:
+    """The raw mapping of a parameter file; a missing, empty or malformed file is a one-line ConfigError."""
+    data = read_yaml_file(path)
+    if data is None:
+        sections = ", ".join(f.name for f in dataclasses.fields(Params))
+        raise ConfigError(f"{path}: empty; a parameter file holds every section ({sections}): start from the "
+                          "project's params.yaml")
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of sections (clip, model, ...), got {type(data).__name__}")
+    return data
+
+
+def params_from_file(data: dict, path: str | os.PathLike) -> Params:
+    """Validated :class:`Params` of the mapping read from ``path``: every section and key must be given."""
+    return from_dict(Params, data, required_in=Path(path).name)
+
+
 def load_params(path: str | os.PathLike = "params.yaml") -> Params:
     """Read and validate a parameter file (with overrides: :func:`tcl.pipeline.overrides.validate_overrides`)."""
-    return from_dict(Params, read_params_file(path))
+    return params_from_file(read_params_file(path), path)

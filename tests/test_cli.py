@@ -97,7 +97,7 @@ def test_demo_reports_invalid_parameters(tmp_path, capsys):
     (tmp_path / "params.yaml").write_text(params.replace("ie_freeze: 3", "ie_freeze: 4"))
     assert main(["demo", "--params", str(tmp_path / "params.yaml"), "--out", str(tmp_path)]) == 2
     assert capsys.readouterr().err.strip() == "tcl: error: ie_freeze must be in 1..3 for a 4-block CLIP, got 4"
-    (tmp_path / "params.yaml").write_text("model:\n  tv_w: [1]\n")
+    (tmp_path / "params.yaml").write_text(params.replace("tv_w: 1.0", "tv_w: [1]"))
     assert main(["demo", "--params", str(tmp_path / "params.yaml"), "--out", str(tmp_path)]) == 2
     assert capsys.readouterr().err.strip() == "tcl: error: model.tv_w: expected float, got list [1]"
 

@@ -3,9 +3,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import yaml
 
-from tcl.config import ConfigError, Params, load_params
+from tcl.config import ConfigError, Params, from_dict, load_params
 from tcl.model import TCLConfig
+from tests.params_file import write_params_file
 
 PARAMS = Path(__file__).resolve().parents[1] / "params.yaml"
 
@@ -22,10 +24,13 @@ def test_project_params_are_valid():
     assert isinstance(params.clip.model, dict) and params.clip.weights is None
 
 
-def test_defaults_and_int_to_float(tmp_path):
-    params = load_params(write(tmp_path, "model:\n  tv_w: 2\n"))
+def test_the_file_holds_every_value_and_code_may_use_defaults(tmp_path):
+    params = load_params(write_params_file(tmp_path / "params.yaml", {"model": {"tv_w": 2}}))
     assert params.model.tv_w == 2.0 and isinstance(params.model.tv_w, float)
-    assert params.model.ie_freeze == 11 and params.clip.model == "ViT-B-16-quickgelu"
+    assert params.model.ie_freeze == 3  # params.yaml's, not TCLConfig's 11
+    # configs built in code (library callers, tests) still take the dataclass defaults
+    built = from_dict(Params, {"model": {"tv_w": 2}})
+    assert built.model.ie_freeze == 11 and built.clip.model == "ViT-B-16-quickgelu"
 
 
 @pytest.mark.parametrize(("text", "message"), [
@@ -44,14 +49,18 @@ def test_defaults_and_int_to_float(tmp_path):
     ("data:\n  crop_scale_min: 1.5\n", "data.crop_scale_min: must be in (0, 1], got 1.5"),
 ])
 def test_bad_parameters_name_the_key(tmp_path, text, message):
+    try:  # the change, merged into the project's params.yaml (unless it is not YAML at all)
+        path = write_params_file(tmp_path / "params.yaml", yaml.safe_load(text))
+    except yaml.YAMLError:
+        path = write(tmp_path, text)
     with pytest.raises(ConfigError) as info:
-        load_params(write(tmp_path, text))
+        load_params(path)
     assert message in str(info.value) and "\n" not in str(info.value)
 
 
 def test_data_sources_become_typed_tuples(tmp_path):
-    params = load_params(write(tmp_path, "data:\n  sources:\n    - {patterns: ['a-{000000..000003}.tar'], "
-                                         "weight: 2, name: a}\n    - {patterns: [b/]}\n  augment: crop\n"))
+    params = load_params(write_params_file(tmp_path / "params.yaml", {"data": {"sources": [
+        {"patterns": ["a-{000000..000003}.tar"], "weight": 2, "name": "a"}, {"patterns": ["b/"]}], "augment": "crop"}}))
     first, second = params.data.sources
     assert first.patterns == ("a-{000000..000003}.tar",) and first.weight == 2.0 and first.name == "a"
     assert second.patterns == ("b/",) and second.weight == 1.0

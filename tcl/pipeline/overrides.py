@@ -22,7 +22,7 @@ from typing import Any
 
 import yaml
 
-from ..config import FLOAT_EXPONENT, ConfigError, Params, from_dict, read_params_file
+from ..config import FLOAT_EXPONENT, ConfigError, Params, params_from_file, read_params_file, read_yaml_file
 
 __all__ = ["Override", "parse_overrides", "load_overrides_file", "apply_overrides", "validate_overrides",
            "write_overrides", "to_dvc_set_args", "hydra_value"]
@@ -52,12 +52,7 @@ def parse_overrides(items: Iterable[str]) -> list[Override]:
 def load_overrides_file(path: str | os.PathLike) -> list[Override]:
     """A YAML mapping of dotted keys to values (``clip.weights: openai``), in file order."""
     path = Path(path)
-    try:
-        data = yaml.safe_load(path.read_text())
-    except OSError as err:
-        raise ConfigError(f"overrides file {path}: {err.strerror}") from None
-    except yaml.YAMLError:
-        raise ConfigError(f"overrides file {path}: not valid YAML") from None
+    data = read_yaml_file(path, "overrides file")  # keys given twice, bad bytes, bad YAML: one line
     if not isinstance(data, dict):
         raise ConfigError(f"overrides file {path}: expected a mapping of dotted keys to values")
     for key in data:
@@ -82,8 +77,12 @@ def apply_overrides(data: dict, overrides: Iterable[Override]) -> dict:
 
 
 def validate_overrides(params_file: str | os.PathLike, overrides: Iterable[Override] = ()) -> Params:
-    """The validated parameters that ``params_file`` would hold with ``overrides``; raises ConfigError."""
-    return from_dict(Params, apply_overrides(read_params_file(params_file), overrides))
+    """The validated parameters that ``params_file`` would hold with ``overrides``; raises ConfigError.
+
+    The result must be complete (every section and key; :func:`tcl.config.from_dict`): a key
+    missing from the file is an error naming it unless an override sets it.
+    """
+    return params_from_file(apply_overrides(read_params_file(params_file), overrides), params_file)
 
 
 def hydra_value(value: Any) -> str:
@@ -155,7 +154,7 @@ def write_overrides(params_file: str | os.PathLike, overrides: Iterable[Override
         except Exception as err:  # noqa: BLE001 - DVC/Hydra raise many kinds; the cause is the useful part
             cause = str(err.__cause__ or err).splitlines()[0]
             raise ConfigError(f"{params_file}: DVC could not apply the overrides ({cause})") from None
-        if from_dict(Params, read_params_file(tmp)) != params:
+        if params_from_file(read_params_file(tmp), params_file) != params:
             raise ConfigError(f"{params_file}: DVC's -S writer changed a value of these overrides; set them by hand")
         os.replace(tmp, params_file)
     finally:

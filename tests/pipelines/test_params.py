@@ -87,13 +87,14 @@ def test_override_values_are_yaml_and_replace_whole_mappings():
 
 def test_overrides_are_written_as_dvc_exp_run_would_and_keep_the_file_valid(params_file):
     tricky = "it's a\\b {000..009}.tar"
-    changes = [("prepare_clip.steps", 7), ("data.context_length", 60), ("prepare_clip.lr", 2e-05),
+    changes = [("prepare_clip.steps", 7), ("download.sources.synthetic.retries", 1), ("prepare_clip.lr", 2e-05),
                ("evaluate.benchmarks", ["synthetic_voc"]),
                ("download.sources", {"web": {"root": "data/web", "list": tricky, "out": "data/web_shards",
                                              "extra": {"min_image_size": 64}}})]
     before = load_params(params_file)
     args = to_dvc_set_args(params_file, changes)
-    assert args[:4] == ["-S", "prepare_clip.steps=7", "-S", "+data.context_length=60"]  # "+": not in the file yet
+    # "+": not in the file yet (an optional key of a source entry)
+    assert args[:4] == ["-S", "prepare_clip.steps=7", "-S", "+download.sources.synthetic.retries=1"]
     assert "~download.sources" in args  # a mapping is replaced, not merged
     params = write_overrides(params_file, changes)
     assert load_params(params_file) == params != before

@@ -16,6 +16,7 @@ import yaml
 
 from tests.conftest import TINY_CLIP
 from tests.eval.conftest import write_layout
+from tests.params_file import project_params, write_params_file
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -40,7 +41,7 @@ def project(tmp_path_factory):
     params = {"clip": {"model": dict(TINY_CLIP)}, "model": {"ie_freeze": 2},
               "evaluate": {"protocols": {"paper": {"short_side": 32, "long_side": 64, "crop": 32, "stride": 16}},
                            "num_workers": 0, "overlays": 2}}
-    (root / "params.yaml").write_text(yaml.safe_dump(params))
+    write_params_file(root / "params.yaml", params)
     return root
 
 
@@ -87,7 +88,8 @@ def test_bg_thresh_sweep_then_evaluation_with_its_best(project, capsys):
     code, stdout, _ = run_stage(project, capsys, "--benchmark", "voc", "--clip", project / "models/clip",
                                 "--baseline", "step0", "--sweep-bg-thresh", "--out", sweep_file)
     sweep = json.loads(sweep_file.read_text())
-    assert code == 0 and set(sweep["candidates"]) == {"0.3", "0.35", "0.4", "0.45", "0.5", "0.55", "0.6"}
+    candidates = project_params()["evaluate"]["bg_thresh_candidates"]  # the file's, through write_params_file
+    assert code == 0 and set(sweep["candidates"]) == {str(c) for c in candidates}
     assert sweep["candidates"][str(sweep["best"])] == sweep["best_miou"] == max(sweep["candidates"].values())
     out = project / "tuned/voc.json"
     code, _, _ = run_stage(project, capsys, "--benchmark", "voc", "--clip", project / "models/clip", "--baseline",
@@ -232,7 +234,7 @@ def test_torchrun_two_processes_equal_one(project, tmp_path):
 
 def test_a_fixed_threshold_passes_through_the_sweep_without_scoring(tmp_path, capsys):
     params = tmp_path / "params.yaml"  # no data, no model: a fixed threshold needs neither
-    params.write_text(yaml.safe_dump({"evaluate": {"bg_thresh": 0.4}}))
+    write_params_file(params, {"evaluate": {"bg_thresh": 0.4}})
     out = tmp_path / "bg_thresh.json"
     code = _stage("evaluate").main(["--params", str(params), "--benchmark", "t_synthetic_voc", "--checkpoint",
                                     str(tmp_path / "absent.pt"), "--sweep-bg-thresh", "--out", str(out)])

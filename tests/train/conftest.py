@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 import torch
-import yaml
 
 from tests.conftest import TINY_CLIP
 from tests.data.test_stream import write_shards
+from tests.params_file import write_params_file
 
 
 def tiny_params(shard_folder: Path, **train) -> dict:
@@ -27,8 +27,8 @@ def tiny_params(shard_folder: Path, **train) -> dict:
 
 
 def write_params(path: Path, params: dict) -> Path:
-    path.write_text(yaml.safe_dump(params, sort_keys=False))
-    return path
+    """params.yaml with ``params`` (e.g. :func:`tiny_params`) merged into its sections."""
+    return write_params_file(path, params)
 
 
 @pytest.fixture(scope="session")

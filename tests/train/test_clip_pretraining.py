@@ -53,7 +53,7 @@ def test_stage_trains_and_reports(tmp_path):
     assert metrics["step"] == 3 and metrics["source"] == "trained from scratch"
     assert load_saved_clip(tmp_path / "clip").visual.conv1.kernel_size == (8, 8)
 
-    (tmp_path / "bad.yaml").write_text("prepare_clip:\n  steps: 0\n")
+    (tmp_path / "bad.yaml").write_text(params.replace("steps: 300", "steps: 0"))
     bad = subprocess.run([sys.executable, script, "--params", str(tmp_path / "bad.yaml"), "--out",
                           str(tmp_path / "x")], capture_output=True, text=True, timeout=600)
     assert bad.returncode == 2

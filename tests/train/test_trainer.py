@@ -14,6 +14,7 @@ import torch
 from tcl.checkpoint import load_model, read_checkpoint
 from tcl.config import Params, from_dict
 from tcl.train.trainer import Trainer, TrainingError, train
+from tests.params_file import project_params
 from tests.train.conftest import tiny_params, write_params
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -175,8 +176,9 @@ def test_bad_input_gets_one_line_errors(tmp_path, tiny_clip_dir, tiny_shards, ca
     assert "cannot create output folder" in stage_error(capsys, "--params", params_file, "--clip", tiny_clip_dir,
                                                         "--out", tmp_path / "file" / "out")
 
-    train(build_params(tiny_shards, steps=2), tiny_clip_dir, tmp_path / "out", metrics_dir=tmp_path / "m",
-          track=False)
+    # a checkpoint of the file's settings (project_params: what write_params writes), then another model config
+    train(from_dict(Params, project_params(tiny_params(tiny_shards, steps=2))), tiny_clip_dir, tmp_path / "out",
+          metrics_dir=tmp_path / "m", track=False)
     other = write_params(tmp_path / "other.yaml", {**good, "model": {"ie_freeze": 1}})
     assert "comes from another model config (model.ie_freeze differs)" in stage_error(
         capsys, "--params", other, *common)

@@ -225,3 +225,31 @@ def test_no_unsafe_loading_anywhere_in_the_project():
              if any(isinstance(n, ast.Call) and ast.unparse(n.func).endswith("torch.load")
                     for n in ast.walk(ast.parse(p.read_text())))]
     assert users == ["tcl/serialization.py"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("stage", ["train", "evaluate"])
+@pytest.mark.parametrize("case", [("reduce", "legacy"), ("reduce", "pickle"), ("newobj", "zip")])
+def test_stages_refuse_a_hostile_clip_dir(tmp_path, stage, case):
+    """``stages/train.py`` and ``stages/evaluate.py --clip DIR`` read DIR/clip.pt: one line, exit 2, no marker."""
+    from tests.data.test_stream import write_shards
+    from tests.eval.conftest import write_layout
+    from tests.train.conftest import tiny_params, write_params
+
+    marker = tmp_path / "MARKER"
+    write_shards(tmp_path / "shards", "tiny", shards=1, per_shard=8)
+    write_layout(tmp_path, "voc", images=1)
+    params = write_params(tmp_path / "params.yaml", tiny_params(tmp_path / "shards"))
+    clip = _clip_dir_with(write_payload(tmp_path / "payload.pt", *case, marker), tmp_path)
+    if stage == "train":
+        args = ["--clip", str(clip), "--out", str(tmp_path / "out"), "--metrics", str(tmp_path / "metrics"),
+                "--no-tracking"]
+    else:
+        args = ["--benchmark", "voc", "--clip", str(clip), "--baseline", "step0",
+                "--out", str(tmp_path / "out" / "result.json"), "--no-mlflow", "--overlays", ""]
+    result = subprocess.run([sys.executable, str(ROOT / "stages" / f"{stage}.py"), "--params", str(params), *args],
+                            capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert not marker.exists()
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and len(lines) == 1, result.stderr
+    assert lines[0].startswith(f"{stage}: error: ") and "clip.pt" in lines[0]

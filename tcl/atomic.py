@@ -21,6 +21,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from .errors import TCLError
+
 __all__ = ["DiskFullError", "atomic_path", "remove_stale_temporaries", "write_text_atomic", "write_json_atomic"]
 
 #: errno → (what went wrong, what to do), for the failures that mean "no room for this file".
@@ -33,7 +35,7 @@ _NO_ROOM = {
 _TEMPORARY = re.compile(r"^\..+\.[a-z0-9_]{8}\.tmp$")
 
 
-class DiskFullError(OSError):
+class DiskFullError(TCLError, OSError):
     """No room to write ``filename`` (ENOSPC, EDQUOT or EFBIG): ``reason`` says which, ``fix`` what to do."""
 
     def __init__(self, code: int, filename: str | os.PathLike, fix: str | None = None) -> None:

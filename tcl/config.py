@@ -21,6 +21,7 @@ import yaml
 
 from .data.stream import AUGMENTATIONS, StreamConfig
 from .data.synthetic import SyntheticParams
+from .errors import TCLError
 from .eval.benchmarks import BENCHMARKS
 from .eval.config import PRECISIONS as EVAL_PRECISIONS
 from .eval.config import SETTINGS as EVAL_SETTINGS
@@ -40,7 +41,7 @@ __all__ = ["ConfigError", "ClipSettings", "Params", "load_params", "read_params_
 FLOAT_EXPONENT = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+$")
 
 
-class ConfigError(ValueError):
+class ConfigError(TCLError, ValueError):
     """A parameter file is missing, malformed, or holds an invalid value."""
 
 

@@ -48,6 +48,7 @@ import webdataset as wds
 from PIL import Image
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from ..errors import TCLError
 from ..model.tcl import IMAGENET_MEAN, IMAGENET_STD
 
 __all__ = ["AUGMENTATIONS", "ShardSource", "StreamConfig", "StreamState", "StreamError", "TrainingStream",
@@ -61,7 +62,7 @@ _NUMBERED = re.compile(r"(?P<prefix>.*?)(?P<index>\d+)\.tar")
 _TAR_BLOCK = 512
 
 
-class StreamError(ValueError):
+class StreamError(TCLError, ValueError):
     """The stream cannot start: no shards, or a resume state from another setup."""
 
 

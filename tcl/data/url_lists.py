@@ -24,6 +24,8 @@ import pyarrow.compute as pc
 import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 
+from ..errors import TCLError
+
 __all__ = ["DownloadError", "read_url_list", "rewrite_relative_urls", "serve_directory"]
 
 _URL_NAMES = ("url", "image_url", "img_url")
@@ -31,7 +33,7 @@ _CAPTION_NAMES = ("caption", "captions", "text", "txt", "title")
 _SAMPLE_ROWS = 100
 
 
-class DownloadError(ValueError):
+class DownloadError(TCLError, ValueError):
     """Unusable URL list, settings or output folder, or shards that did not complete."""
 
 

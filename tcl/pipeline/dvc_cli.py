@@ -26,11 +26,13 @@ import threading
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
+from ..errors import TCLError
+
 __all__ = ["STOP_GRACE", "DvcError", "tool_env", "dvc_command", "run_streamed", "run_dvc", "repro", "stage_names",
            "stale_stages"]
 
 
-class DvcError(RuntimeError):
+class DvcError(TCLError, RuntimeError):
     """A DVC command failed; ``tail`` holds its last output lines."""
 
     def __init__(self, message: str, returncode: int, tail: Sequence[str] = ()) -> None:

@@ -22,13 +22,15 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+from ..errors import TCLError
+
 __all__ = ["LOCK_FILE", "WorkspaceError", "WorkspaceBusy", "WorkspaceLock", "workspace_lock"]
 
 #: The lock file, relative to the project root.
 LOCK_FILE = Path(".dvc/tmp/tcl-pipeline.lock")
 
 
-class WorkspaceError(RuntimeError):
+class WorkspaceError(TCLError, RuntimeError):
     """The workspace cannot be locked (not a DVC project)."""
 
 

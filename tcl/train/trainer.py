@@ -31,6 +31,7 @@ from torch.nn.parallel import DistributedDataParallel
 from ..atomic import write_json_atomic
 from ..checkpoint import CheckpointError, load_trainable_state, read_checkpoint, save_checkpoint
 from ..data.stream import StreamError, StreamState, TrainingStream, build_loader
+from ..errors import TCLError
 from ..model import TCL
 from .clip_pretraining import CLIP_WEIGHTS, load_saved_clip
 from .optim import build_optimizer, learning_rate_at, scaled_learning_rates
@@ -70,7 +71,7 @@ class TrainConfig:
     max_nonfinite: int = 20  # stop after this many consecutive steps with non-finite loss or gradients
 
 
-class TrainingError(RuntimeError):
+class TrainingError(TCLError, RuntimeError):
     """Training cannot go on (e.g. too many non-finite steps in a row)."""
 
 

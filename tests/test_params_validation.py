@@ -186,7 +186,7 @@ def _prepare(case: int, project: Path, tmp_path: Path) -> tuple[str, list[str], 
     stage, mutate, expected = CASES[case]
     if stage == "run":  # the project's own params.yaml: every input of the default pipeline is made by a stage
         root = tmp_path / "checkout"
-        root.mkdir()
+        (root / ".dvc").mkdir(parents=True)  # a DVC project (make run locks it before it reads anything)
         shutil.copy(REPO / "dvc.yaml", root / "dvc.yaml")
         base, params = (REPO / "params.yaml").read_text(), root / "params.yaml"
     else:
@@ -210,7 +210,7 @@ def _check(stage: str, code: int, err: str, expected: str, outputs: list[Path], 
         assert not path.exists(), f"{path} was created by a failing {stage}"
     if stage == "run":  # nothing written: the parameter file as it was, no MLflow store, no DVC state
         assert params.read_bytes() == before
-        assert sorted(p.name for p in params.parent.iterdir()) == ["dvc.yaml", "params.yaml"]
+        assert sorted(p.name for p in params.parent.iterdir()) == [".dvc", "dvc.yaml", "params.yaml"]
 
 
 def _main(stage: str):
@@ -274,7 +274,7 @@ def test_paper_setting_without_its_inputs_names_each_one(tmp_path):
     """make run with configs/paper.yaml on a machine that has none of its inputs: one line per missing
     input, each naming the key and where to get it, within seconds (it used to fail after minutes)."""
     root = tmp_path / "checkout"
-    root.mkdir()
+    (root / ".dvc").mkdir(parents=True)
     for name in ("dvc.yaml", "params.yaml", "configs/paper.yaml"):
         (root / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(REPO / name, root / name)
@@ -294,5 +294,5 @@ def test_paper_setting_without_its_inputs_names_each_one(tmp_path):
     assert "data/cc3m/Train_GCC-training.tsv not found" in lines[0]
     assert "download ViT-B-16.pt" in lines[-1] and "set clip.weights to that file" in lines[-1]
     assert seconds < 120  # bounded checks only (no download, no dvc); ~5 s here
-    assert sorted(p.name for p in root.iterdir()) == ["configs", "dvc.yaml", "params.yaml"]
+    assert sorted(p.name for p in root.iterdir()) == [".dvc", "configs", "dvc.yaml", "params.yaml"]
     assert (root / "params.yaml").read_bytes() == (REPO / "params.yaml").read_bytes()

@@ -203,7 +203,9 @@ def test_stage_reports_bad_input_in_one_line(tmp_path, capsys):
         stage.main(["--help"])
     assert exit_info.value.code == 0 and "CC12M" in capsys.readouterr().out
     assert stage.main(["--list", str(tmp_path / "missing.tsv"), "--out", str(tmp_path / "o")]) == 2
-    assert capsys.readouterr().err.strip() == f"download: error: URL list not found: {tmp_path / 'missing.tsv'}"
+    assert capsys.readouterr().err.strip() == (f"download: error: --list: {tmp_path / 'missing.tsv'} not found "
+                                               "(a TSV or parquet of (url, caption) pairs)")
+    assert not (tmp_path / "o").exists()
     with pytest.raises(SystemExit) as exit_info:
         stage.main(["--list", "x.tsv", "--out", "o", "--set", "no_equals_sign"])
     assert exit_info.value.code == 2 and "download: error: argument --set" in capsys.readouterr().err

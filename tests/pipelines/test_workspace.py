@@ -28,14 +28,16 @@ from .conftest import REPO, init_repo
 
 SLEEPER = ("python -c \"import subprocess, sys, time; "
            "subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(120)'], start_new_session=True); "
-           "time.sleep(120)\" && echo done > done.txt")
+           "time.sleep(120)\" && echo done > done.txt && mkdir -p data/synthetic")
 
 
 @pytest.fixture()
 def project(tmp_path):
     root = init_repo(tmp_path / "project")
     shutil.copy(REPO / "params.yaml", root / "params.yaml")
-    (root / "dvc.yaml").write_text(yaml.safe_dump({"stages": {"sleeper": {"cmd": SLEEPER, "outs": ["done.txt"]}}}))
+    # data/synthetic stands for what the real dvc.yaml makes, so make run's input check finds it produced.
+    stage = {"cmd": SLEEPER, "outs": ["done.txt", "data/synthetic"]}
+    (root / "dvc.yaml").write_text(yaml.safe_dump({"stages": {"sleeper": stage}}))
     return root
 
 

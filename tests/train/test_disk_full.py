@@ -19,9 +19,10 @@ import pytest
 
 from tcl.atomic import DiskFullError, atomic_path, remove_stale_temporaries, write_text_atomic
 from tcl.checkpoint import read_checkpoint
+from tcl.config import load_params
 from tcl.train.trainer import train
 from tests.train.conftest import tiny_params, write_params
-from tests.train.test_trainer import ROOT, STAGE, build_params, stage_env
+from tests.train.test_trainer import ROOT, STAGE, stage_env
 
 
 def _fill_dev_full() -> None:
@@ -77,7 +78,8 @@ def _file_size_limit(limit: int):
 def test_train_stage_out_of_room_keeps_the_previous_checkpoint_and_no_temporary(tmp_path, tiny_clip_dir,
                                                                                 tiny_shards):
     out, metrics = tmp_path / "out", tmp_path / "metrics"
-    train(build_params(tiny_shards, steps=2), tiny_clip_dir, out, metrics_dir=metrics, track=False)
+    first = write_params(tmp_path / "first.yaml", tiny_params(tiny_shards, steps=2))  # the stage's own config
+    train(load_params(first), tiny_clip_dir, out, metrics_dir=metrics, track=False)
     previous = (out / "latest.pt").read_bytes()
     assert read_checkpoint(out / "latest.pt")["step"] == 2
     (out / ".latest.pt.zz9_ab12.tmp").write_bytes(previous[:100])  # what a write killed earlier leaves

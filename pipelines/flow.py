@@ -28,9 +28,11 @@ from prefect.cache_policies import NO_CACHE
 from prefect.task_runners import ThreadPoolTaskRunner
 from prefect.tasks import exponential_backoff
 
+from tcl.config import ConfigError
 from tcl.pipeline import dvc_cli as dvc
+from tcl.pipeline.inputs import missing_inputs
 from tcl.pipeline.lock import workspace_lock
-from tcl.pipeline.overrides import load_overrides_file, parse_overrides, write_overrides
+from tcl.pipeline.overrides import load_overrides_file, parse_overrides, validate_overrides, write_overrides
 from tcl.pipeline.runs import PipelineRun, benchmark_table, read_report
 from tcl.tracking import STAGE_ENV
 
@@ -113,7 +115,11 @@ def tcl_pipeline(overrides: list[str] | None = None, overrides_file: str | None 
     with workspace_lock(root, f"prefect flow run {flow_run.name or flow_run.id} (tcl-pipeline)"):
         changes = ((load_overrides_file(root / overrides_file) if overrides_file else [])
                    + parse_overrides(overrides or []))
-        params = write_overrides(root / "params.yaml", changes)  # validated before any stage starts
+        params = validate_overrides(root / "params.yaml", changes)
+        missing = missing_inputs(params, root)  # as make run: every missing input before any stage starts
+        if missing:
+            raise ConfigError(f"{len(missing)} input(s) missing: " + " | ".join(missing))
+        write_overrides(root / "params.yaml", changes)
         if changes:
             logger.info("params.yaml overrides: %s", ", ".join(f"{k}={v!r}" for k, v in changes))
         groups = stage_groups(dvc.stage_names(root))

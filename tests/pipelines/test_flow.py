@@ -37,7 +37,9 @@ out = pathlib.Path("metrics/report"); out.mkdir(parents=True, exist_ok=True)
 (out / "report.md").write_text("| benchmark | mIoU |\\n")
 """
 DVC_YAML = {"stages": {
-    "synthetic": {"cmd": "echo world > world.txt", "outs": ["world.txt"]},
+    # data/synthetic stands for what the real synthetic stage makes (the flow checks for inputs no stage makes)
+    "synthetic": {"cmd": "echo world > world.txt && mkdir -p data/synthetic && echo x > data/synthetic/x",
+                  "outs": ["world.txt", "data/synthetic"]},
     "download": {"foreach": ["a", "b"], "do": {
         # fails on its first attempt (like a dropped connection), succeeds on the retry
         "cmd": "test -e attempted_${item} || { touch attempted_${item}; echo connection reset; exit 1; }; "
@@ -146,6 +148,17 @@ def test_a_failing_stage_fails_the_flow_and_bad_parameters_fail_before_any_stage
     [parent] = client.search_runs([e.experiment_id for e in client.search_experiments()],
                                   "tags.mlflow.runName = 'pipeline'")
     assert parent.info.status == "FAILED"
+
+
+def test_missing_inputs_fail_the_flow_before_params_or_stages(scratch):
+    """As make run: the paper setting on a machine without its data fails at once, naming what is missing."""
+    from pipelines.flow import tcl_pipeline
+
+    before = (scratch / "params.yaml").read_text()
+    state = tcl_pipeline(project_root=str(scratch), overrides=["download.sources.synthetic.root=nowhere"],
+                         track=False, return_state=True)
+    assert state.is_failed() and "input(s) missing: download.sources.synthetic: nowhere/" in state.message
+    assert (scratch / "params.yaml").read_text() == before and not (scratch / "world.txt").exists()
 
 
 def test_a_flow_run_takes_the_workspace_lock_of_make_run(scratch):

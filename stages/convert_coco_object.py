@@ -1,4 +1,5 @@
-"""DVC stage: convert COCO-Stuff-164k raw label maps into COCO-Object label maps (TCL_SPEC §5).
+"""DVC stage: convert COCO-Stuff-164k raw label maps into COCO-Object label maps
+(as kakaobrain/tcl bc2b551, convert_dataset/convert_coco_object.py, does).
 
     python stages/convert_coco_object.py --root data/coco_stuff164k --out data/coco_object
 

@@ -1,4 +1,5 @@
-"""DVC stage: download a caption/URL list into webdataset shards with img2dataset (TCL_SPEC §5).
+"""DVC stage: download a caption/URL list into webdataset shards with img2dataset
+(CC3M and CC12M, as the kakaobrain/tcl README prepares them).
 
     python stages/download.py --list data/cc3m/Train_GCC-training.tsv --out data/gcc3m \\
         --prefix gcc-train- --stats metrics/download_gcc3m.json

@@ -1,4 +1,4 @@
-"""DVC stage: evaluate a model on one zero-shot segmentation benchmark (TCL_SPEC §4).
+"""DVC stage: evaluate a model on one zero-shot segmentation benchmark (protocol: docs/evaluation.md).
 
     python stages/evaluate.py --benchmark synthetic_voc --checkpoint models/tcl/best.pt
     python stages/evaluate.py --benchmark voc --checkpoint tcl.pth --clip-weights ViT-B-16.pt
@@ -254,7 +254,7 @@ def main(argv: list[str] | None = None) -> int:
         runtime = start_runtime()
         device = runtime.device if args.device == "auto" else torch.device(args.device)
         model, model_info, train_run = _load_model(args, params)
-        if model_info.get("baseline") == "maskclip":  # the frozen CLIP's dense features alone (TCL_SPEC §2.10)
+        if model_info.get("baseline") == "maskclip":  # frozen CLIP features alone (official TCL.kp_branch)
             config = replace(config, pamr=False, kp_w=1.0)
         model = model.to(device).eval()
         if split is not None:

@@ -1,13 +1,13 @@
 """Training checkpoints: what they hold, how they are written, and loading a model from one.
 
 A checkpoint holds only what training changes — the masker and the two loss temperatures, not the
-frozen CLIP (TCL_SPEC §8.19) — plus the optimizer, the gradient scaler, the step, every rank's data
-stream position, the resolved parameters, the CLIP it was trained on (config and weights file) and
-the latest metrics. Everything in it is a tensor or a plain Python value, so it loads with
-:func:`tcl.serialization.safe_load` (``torch.load(weights_only=True)``): no code in a file runs. Files
-are written to a temporary name and renamed, so a crash never leaves a half-written checkpoint behind;
-a full disk raises :class:`tcl.atomic.DiskFullError` (the previous checkpoint stays, the temporary file
-is removed).
+frozen CLIP (docs/deviations.md, *Checkpoint contents*) — plus the optimizer, the gradient scaler,
+the step, every rank's data stream position, the resolved parameters, the CLIP it was trained on
+(config and weights file) and the latest metrics. Everything in it is a tensor or a plain Python
+value, so it loads with :func:`tcl.serialization.safe_load` (``torch.load(weights_only=True)``): no
+code in a file runs. Files are written to a temporary name and renamed, so a crash never leaves a
+half-written checkpoint behind; a full disk raises :class:`tcl.atomic.DiskFullError` (the previous
+checkpoint stays, the temporary file is removed).
 
 :func:`load_model` also accepts the official ``tcl.pth`` (with the CLIP weights given separately).
 """

@@ -1,7 +1,7 @@
 """Process-group helpers that also work without ``torch.distributed`` being initialised.
 
-The official code requires torchrun even on one GPU (TCL_SPEC §8.4). Here every helper falls back
-to the single-process answer, so the model and the losses run anywhere.
+The official code requires torchrun even on one GPU (docs/deviations.md, *Distributed mandatory*).
+Here every helper falls back to the single-process answer, so the model and the losses run anywhere.
 """
 
 from __future__ import annotations
@@ -29,7 +29,8 @@ def gather_cat(tensor: torch.Tensor, with_grad: bool = True) -> torch.Tensor:
 
     With ``with_grad`` the backward pass is a reduce-scatter of the incoming gradient
     (``torch.distributed.nn.functional.all_gather``), so combined with DDP's gradient averaging
-    the result is the gradient of the mean of the per-rank losses (TCL_SPEC §3.1).
+    the result is the gradient of the mean of the per-rank losses, as with the official
+    ``gather_cat(grad=True)`` (kakaobrain/tcl bc2b551, us/dist_utils.py).
     Every rank must pass the same shape (TCL batches with ``partial=False``).
     """
     if not is_distributed():

@@ -1,10 +1,10 @@
 """Segment one image with free-form class names.
 
-Resize as the evaluation protocol does (TCL_SPEC §4.1: the short side becomes ``short_side`` unless
-the long side would exceed ``max_long_side``), score the classes either on the whole image at once
-(:meth:`tcl.TCL.generate_masks`, the quick path) or with overlapping sliding windows
-(``tcl.eval.sliding``, the benchmark protocol), put a constant background channel in front when a
-threshold is given, and take the arg-max at the original size.
+Resize as the evaluation protocol does (official segmentation/configs/_base_/datasets/*.py: the
+short side becomes ``short_side`` unless the long side would exceed ``max_long_side``), score the
+classes either on the whole image at once (:meth:`tcl.TCL.generate_masks`, the quick path) or with
+overlapping sliding windows (``tcl.eval.sliding``, the benchmark protocol), put a constant
+background channel in front when a threshold is given, and take the arg-max at the original size.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ class Segmentation:
 
 @dataclass(frozen=True)
 class SlidingWindow:
-    """Sliding-window settings (TCL_SPEC §4.1: 448 px crops, stride 224, averaged overlaps)."""
+    """Sliding-window settings (official ``test_cfg``: 448 px crops, stride 224, averaged overlaps)."""
 
     crop: int = 448
     stride: int = 224
@@ -42,7 +42,7 @@ class SlidingWindow:
 
 
 def protocol_size(height: int, width: int, short_side: int, max_long_side: int = 2048) -> tuple[int, int]:
-    """mmseg's keep-ratio resize (TCL_SPEC §4.1): factor min(long cap / long, short / short),
+    """mmseg's keep-ratio resize (the official test pipeline's ``Resize``): factor min(long cap / long, short / short),
     new size ⌊dim·f + 0.5⌋."""
     scale = min(short_side / min(height, width), max_long_side / max(height, width))
     return max(1, int(height * scale + 0.5)), max(1, int(width * scale + 0.5))
@@ -65,8 +65,9 @@ def labels_at(scores: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
 
 
 def with_background(scores: torch.Tensor, bg_thresh: float | None) -> torch.Tensor:
-    """Prepend a constant ``bg_thresh`` channel to class scores [..., K, H, W] (TCL_SPEC §4.1): after
-    the arg-max, background wins wherever every class score is below the threshold (and on ties)."""
+    """Prepend a constant ``bg_thresh`` channel to class scores [..., K, H, W] (official
+    ``TCLSegInference.encode_decode``): after the arg-max, background wins wherever every class
+    score is below the threshold (and on ties)."""
     if bg_thresh is None:
         return scores
     return torch.cat([torch.full_like(scores.narrow(-3, 0, 1), bg_thresh), scores], dim=-3)

@@ -1,9 +1,10 @@
 """Load the released TCL checkpoint (``tcl.pth``) of the official implementation.
 
-The official model keeps CLIP in two wrappers and the masker in nested modules; this module maps
-its state-dict keys (TCL_SPEC §2.7, ``official_tcl_checkpoint_keys.tsv``) onto :class:`tcl.TCL` and
-back. The released file is "minimal": it holds only the non-CLIP keys, and possibly not the two
-loss temperatures, so the CLIP weights come from a separate OpenAI ViT-B/16 file.
+The official model keeps CLIP in two wrappers and the masker in nested modules; this module maps its
+state-dict keys (read off the official model into
+``tests/fixtures/official_tcl_checkpoint_keys.tsv``) onto :class:`tcl.TCL` and back. The released
+file is "minimal": it holds only the non-CLIP keys, and possibly not the two loss temperatures, so
+the CLIP weights come from a separate OpenAI ViT-B/16 file.
 """
 
 from __future__ import annotations
@@ -42,7 +43,8 @@ _PREFIXES = (
     ("clip_image_encoder.clip_visual.", "clip.visual."),
     ("clip_text_encoder.", "clip."),
 )
-# Keys the official loader tolerates as missing (TCL_SPEC §3.8): frozen CLIP and loss temperatures.
+# Keys the official loader tolerates as missing: frozen CLIP and loss temperatures (kakaobrain/tcl bc2b551,
+# utils/checkpoint.py, load_checkpoint).
 _OPTIONAL = re.compile(r"^(clip_.+_encoder\..+|.+_loss\..+)$")
 
 

@@ -1,4 +1,6 @@
-"""COCO-Stuff-164k label maps → COCO-Object label maps (TCL_SPEC §5, inherited from GroupViT).
+"""COCO-Stuff-164k label maps → COCO-Object label maps (inherited from GroupViT).
+
+Official: kakaobrain/tcl bc2b551, convert_dataset/convert_coco_object.py.
 
 Raw ``stuffthingmaps_trainval2017`` PNGs hold COCO category id − 1 (0..181) and 255 for unlabeled.
 COCO-Object keeps the 80 thing classes as 1..80 in COCO order and sends every stuff class *and*

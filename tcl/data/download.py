@@ -1,4 +1,5 @@
-"""Caption/URL lists → webdataset shards through img2dataset (TCL_SPEC §5: CC3M, CC12M).
+"""Caption/URL lists → webdataset shards through img2dataset (CC3M, CC12M, as the kakaobrain/tcl README
+prepares them).
 
 img2dataset does the downloading, resizing, encoding, sharding and scale-out (multiprocessing,
 pyspark or ray); this module only puts a thin, resumable frame around it:

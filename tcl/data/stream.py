@@ -1,8 +1,8 @@
 """The training stream: webdataset shards → augmented, tokenised, equal-size batches per worker.
 
-TCL_SPEC §3.5–3.7 describe the official stream (webdataset 0.1, a 40k-sample shuffle buffer seeded
-from pid and time, no resume). This one keeps the recipe but is reproducible and resumable
-(§8.14, §8.15, §8.17):
+The official stream (kakaobrain/tcl bc2b551, datasets/builder.py ``build_dataset``) uses webdataset
+0.1, a 40k-sample shuffle buffer seeded from pid and time, and no resume. This one keeps the recipe
+but is reproducible and resumable (docs/deviations.md, *Non-determinism* and *Shuffle memory*):
 
 * Every (rank, dataloader worker) pair is a *slot*. Within an epoch a source's shards are shuffled
   with a seed derived from (seed, source, epoch) and dealt out to the slots; with fewer shards than
@@ -84,7 +84,7 @@ class StreamConfig:
     shuffle_buffer: int = 2000
     shuffle_initial: int = 100
     image_size: int = 224
-    augment: str = "paper"  # "paper" (timm RandAugment recipe, §3.6), "crop" (resized crop + flip) or "none"
+    augment: str = "paper"  # "paper" (timm RandAugment, as official build_img_transform), "crop" or "none"
     crop_scale_min: float = 0.08
     context_length: int = 77
 
@@ -185,7 +185,10 @@ def expand_shards(patterns: Sequence[str]) -> tuple[list[str], list[str]]:
 
 
 def build_transform(config: StreamConfig):
-    """Image transform: the paper's timm recipe (§3.6) or lighter variants for small synthetic data."""
+    """Image transform: the paper's timm recipe or lighter variants for small synthetic data.
+
+    The recipe is the official one (kakaobrain/tcl bc2b551, datasets/builder.py, build_img_transform).
+    """
     from timm.data import create_transform
     from torchvision import transforms as T
 

@@ -1,4 +1,4 @@
-"""Zero-shot segmentation benchmarks with the paper's protocol (TCL_SPEC §4) on mmsegmentation 1.x.
+"""Zero-shot segmentation benchmarks with the paper's protocol (docs/evaluation.md) on mmsegmentation 1.x.
 
 ``BENCHMARKS`` / :func:`get_benchmark`: the registry; :class:`EvalConfig`: the ``evaluate:`` section
 of ``params.yaml``; :func:`evaluate_benchmark`: one benchmark → mIoU, aAcc and per-class IoU;

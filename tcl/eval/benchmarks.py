@@ -1,4 +1,5 @@
-"""The benchmark registry: every zero-shot benchmark defined once (TCL_SPEC §4.2).
+"""The benchmark registry: every zero-shot benchmark defined once
+(official: kakaobrain/tcl bc2b551 configs/eval.yml and segmentation/configs/_base_/datasets/*.py).
 
 Each entry names an mmsegmentation 1.x dataset class (the built-in ones, plus ``PascalVOC20Dataset``
 and ``COCOObjectDataset`` registered by :mod:`tcl.eval.datasets`), which ``evaluate.data_roots``

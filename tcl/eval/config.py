@@ -2,9 +2,10 @@
 
 Validated by :mod:`tcl.config` (unknown keys, wrong types and impossible values fail with one line
 naming the dotted key). ``setting`` is the one switch between the paper's two evaluation settings
-(TCL_SPEC §4.2): ``official`` (PAMR on, bg_thresh 0.4, kp_w 0.3, ``custom`` templates, Table 2) and
-``no_pamr`` (PAMR off, bg_thresh 0.5, the appendix table). ``pamr``, ``bg_thresh``, ``kp_w`` and
-``template`` left at ``null`` take the setting's value; set them to override it.
+(kakaobrain/tcl bc2b551 configs/eval.yml and README): ``official`` (PAMR on, bg_thresh 0.4, kp_w
+0.3, ``custom`` templates, Table 2) and ``no_pamr`` (PAMR off, bg_thresh 0.5, the appendix table).
+``pamr``, ``bg_thresh``, ``kp_w`` and ``template`` left at ``null`` take the setting's value; set
+them to override it.
 """
 
 from __future__ import annotations
@@ -34,8 +35,9 @@ SETTINGS: dict[str, Settings] = {
 
 @dataclass(frozen=True)
 class Protocol:
-    """Test-time geometry (TCL_SPEC §4.1): mmseg ``Resize(scale=(long_side, short_side),
-    keep_ratio=True)``, then ``crop``-sized sliding windows every ``stride`` pixels."""
+    """Test-time geometry: mmseg ``Resize(scale=(long_side, short_side), keep_ratio=True)``, then
+    ``crop``-sized sliding windows every ``stride`` pixels (official: kakaobrain/tcl bc2b551,
+    segmentation/configs/_base_/datasets/*.py)."""
 
     short_side: int = 448
     long_side: int = 2048

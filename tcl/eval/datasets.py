@@ -1,11 +1,13 @@
 """Benchmark data on mmsegmentation 1.x: dataset classes, root checks and the test pipeline.
 
-mmseg's dataset classes list the files, carry the class names (``METAINFO``, used verbatim, TCL_SPEC
-§4.3) and mark ``reduce_zero_label``; two ``BaseSegDataset`` subclasses are registered for the
-benchmarks mmseg lacks (§4.4): ``PascalVOC20Dataset`` (the 20 VOC classes, background ignored) and
-``COCOObjectDataset`` (background + the 80 COCO things, ``_instanceTrainIds.png``). The test pipeline
-is mmseg's: ``LoadImageFromFile`` (cv2, BGR) → ``Resize(scale=(long, short), keep_ratio=True)`` →
-``LoadAnnotations`` (original-size ground truth, reduce_zero_label applied at load time).
+mmseg's dataset classes list the files, carry the class names (``METAINFO``, used verbatim, as the
+official segmentation/evaluation/builder.py does) and mark ``reduce_zero_label``; two
+``BaseSegDataset`` subclasses are registered for the benchmarks mmseg lacks (official
+segmentation/datasets/): ``PascalVOC20Dataset`` (the 20 VOC classes, background ignored) and
+``COCOObjectDataset`` (background + the 80 COCO things, ``_instanceTrainIds.png``). The test
+pipeline is mmseg's: ``LoadImageFromFile`` (cv2, BGR) → ``Resize(scale=(long, short),
+keep_ratio=True)`` → ``LoadAnnotations`` (original-size ground truth, reduce_zero_label applied at
+load time).
 """
 
 from __future__ import annotations

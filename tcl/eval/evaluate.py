@@ -1,4 +1,4 @@
-"""Evaluate a model on a registered benchmark with the paper's protocol (TCL_SPEC §4), fast.
+"""Evaluate a model on a registered benchmark with the paper's protocol (docs/evaluation.md), fast.
 
 Per benchmark: mmseg's dataset and test pipeline (:mod:`.datasets`), class-name text embeddings
 computed once, images decoded and resized by data-loader workers, the sliding windows of several

@@ -5,7 +5,8 @@ ground-truth areas per class (``ignore_index`` 255 skipped); the totals are summ
 pixel counts, where mmseg sums float32) and, under ``torch.distributed``, all-reduced so that every
 rank holds the dataset totals. The summary is IoUMetric's: IoU and accuracy per class, their
 ``nanmean`` ×100 rounded to 2 decimals (classes absent from both prediction and ground truth are
-skipped, TCL_SPEC §4.1), and the overall pixel accuracy aAcc.
+skipped, as mmseg's mIoU that the official main.py ``validate_seg`` uses), and the overall pixel
+accuracy aAcc.
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""The two mmseg dataset classes the original code added (TCL_SPEC §4.4), registered on import.
+"""The two mmseg dataset classes the original code added (kakaobrain/tcl bc2b551,
+segmentation/datasets/), registered on import.
 
 Importing this module imports mmsegmentation; :func:`tcl.eval.datasets.build_dataset` does so only
 when a benchmark is built.
@@ -32,8 +33,8 @@ class PascalVOC20Dataset(PascalVOCDataset):
 
 @DATASETS.register_module(force=True)
 class COCOObjectDataset(BaseSegDataset):
-    """COCO-Object (TCL_SPEC §5): 0 = background (stuff and unlabeled), 1..80 = the COCO things in
-    COCO-Stuff order, labels in ``*_instanceTrainIds.png``."""
+    """COCO-Object: 0 = background (stuff and unlabeled), 1..80 = the COCO things in COCO-Stuff order,
+    labels in ``*_instanceTrainIds.png`` (official segmentation/datasets/coco_object.py)."""
 
     METAINFO = dict(classes=("background", *COCOStuffDataset.METAINFO["classes"][:80]),
                     palette=[[0, 0, 0], *COCOStuffDataset.METAINFO["palette"][:80]])

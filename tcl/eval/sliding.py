@@ -1,12 +1,14 @@
-"""Sliding-window inference of the evaluation protocol (TCL_SPEC §4.1), batched.
+"""Sliding-window inference of the evaluation protocol, batched
+(official ``test_cfg`` in kakaobrain/tcl bc2b551, segmentation/configs/_base_/datasets/*.py).
 
-Windows are placed exactly as mmseg's ``slide_inference``: along an axis of length L there are
-n = max(L − crop + stride − 1, 0) // stride + 1 windows at multiples of ``stride``, the last one
-shifted back to end at the border, each ``min(crop, L)`` long. Every window goes through
-:meth:`tcl.TCL.generate_masks` (PAMR and KP as configured, §2.8) and overlapping outputs are
-averaged. Unlike the original (one window per forward pass), windows of the same size, from one or
-several images, are stacked into batches of ``window_batch``; ``generate_masks`` treats every batch
-item independently, so the scores are those of one-by-one inference up to float rounding.
+Windows are placed exactly as mmseg's ``slide_inference``: along an axis of length L there are n =
+max(L − crop + stride − 1, 0) // stride + 1 windows at multiples of ``stride``, the last one shifted
+back to end at the border, each ``min(crop, L)`` long. Every window goes through
+:meth:`tcl.TCL.generate_masks` (PAMR and KP as configured, as official ``TCL.generate_masks``) and
+overlapping outputs are averaged. Unlike the original (one window per forward pass), windows of the
+same size, from one or several images, are stacked into batches of ``window_batch``;
+``generate_masks`` treats every batch item independently, so the scores are those of one-by-one
+inference up to float rounding.
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 :class:`Predictor` is what ``tcl predict``, the MLflow model and the web demo share: it encodes each
 phrase list once (:meth:`tcl.TCL.build_text_embedding`, the expensive text tower) and reuses it for
 every image, then runs :func:`tcl.segment.segment_image` (whole image, or the benchmark's sliding
-windows). Defaults are the paper's evaluation settings (TCL_SPEC §4.2: PAMR on, background
+windows). Defaults are the paper's evaluation settings (kakaobrain/tcl bc2b551 configs/eval.yml: PAMR on, background
 threshold 0.4, KP weight 0.3, template ``custom``).
 """
 

@@ -1,4 +1,7 @@
-"""Dense forward passes through an open_clip ViT, as TCL uses them (TCL_SPEC §2.1–2.3, §9).
+"""Dense forward passes through an open_clip ViT, as TCL uses them.
+
+Official counterpart: kakaobrain/tcl bc2b551, sclip/model.py (``VisionTransformer``, ``Transformer``) and
+models/tcl/encoders.py (``CLIPImageFeatureEncoder``).
 
 open_clip's ``Transformer.forward`` applies one attention mask to every block, while TCL needs to
 stop after block ``ie_freeze`` and to run selected blocks with *self-only* attention. These helpers
@@ -27,9 +30,10 @@ class PositionalEmbeddingCache:
     """Positional embeddings of a ViT resized to any patch grid, computed once per grid size.
 
     The grid part of the learned embedding is resized bicubically (align_corners=False) to the new
-    (h, w); the class-token entry is kept (TCL_SPEC §2.1). The official code re-interpolates on every
-    forward (§8.11); here the result is cached and invalidated automatically when the parameter is
-    modified in place (``load_state_dict``), moved, or cast.
+    (h, w); the class-token entry is kept (official sclip/model.py, interpolate_pos_emb). The
+    official code re-interpolates on every forward (docs/deviations.md, *CLIP wrapper waste*); here
+    the result is cached and invalidated automatically when the parameter is modified in place
+    (``load_state_dict``), moved, or cast.
     """
 
     def __init__(self) -> None:
@@ -82,7 +86,9 @@ def run_block(block: nn.Module, x: torch.Tensor, batch_first: bool = True) -> to
 
 
 def run_self_only_block(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """The "MaskCLIP" block of TCL: every token attends only to itself (TCL_SPEC §2.1).
+    """The "MaskCLIP" block of TCL: every token attends only to itself.
+
+    Official: kakaobrain/tcl bc2b551, sclip/model.py, ``Transformer.forward`` with ``ignore_last_attn``.
 
     With an attention mask that is 0 on the diagonal and −inf elsewhere, the softmax weight of each
     token on itself is exactly 1, so attention reduces to ``out_proj(W_v·LN1(x) + b_v)``. That is

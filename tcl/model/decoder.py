@@ -1,4 +1,4 @@
-"""The gated upsampling decoder of TCL's masker (TCL_SPEC §2.4, item 3).
+"""The gated upsampling decoder of TCL's masker (kakaobrain/tcl bc2b551, models/tcl/decoders.py, GDecoder).
 
 Each stage doubles the resolution (nearest) and adds two pre-activation conv blocks whose output
 is scaled by ``tanh(g)`` with ``g`` initialised to 0. At initialisation the decoder is therefore

@@ -31,7 +31,8 @@ __all__ = [
     "OPENAI_VIT_B16",
 ]
 
-# open_clip's name for OpenAI's ViT-B/16 with QuickGELU, the paper's CLIP (TCL_SPEC §9).
+# open_clip's name for OpenAI's ViT-B/16 with QuickGELU, the paper's CLIP
+# (kakaobrain/tcl bc2b551 loads OpenAI's ViT-B/16 through sclip/clip.py; sclip/model.py has QuickGELU).
 OPENAI_VIT_B16 = "ViT-B-16-quickgelu"
 _OPENAI_META_KEYS = ("input_resolution", "context_length", "vocab_size")
 

@@ -1,4 +1,4 @@
-"""TCL training objectives (TCL_SPEC §3.1).
+"""TCL training objectives (kakaobrain/tcl bc2b551, models/tcl/tcl.py ``TCL.forward``, models/tcl/mi.py).
 
 Image-level TCL (``ImageTextContrastiveLoss``) contrasts CLIP embeddings of masked images with
 captions; region-level TCL (``RegionTextContrastiveLoss``) contrasts mask-pooled dense embeddings
@@ -92,7 +92,8 @@ def masked_average_pool(dense: torch.Tensor, masks: torch.Tensor, eps: float = 1
 
 
 def area_prior_loss(masks: torch.Tensor, prior: float) -> torch.Tensor:
-    """|mean(masks) − prior|, a batch-level prior as in the official code (TCL_SPEC §8.19)."""
+    """|mean(masks) − prior|, a batch-level prior as in the official code (docs/deviations.md,
+    *Batch-level area priors*)."""
     return (masks.mean() - prior).abs()
 
 

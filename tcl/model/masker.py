@@ -1,7 +1,8 @@
 """TCL's masker ("grounder"): trainable ViT block copy → gated decoder → projection → Sim2Mask.
 
-TCL_SPEC §2.4–2.6. The masker reads the frozen CLIP tokens after block ``ie_freeze`` and produces a
-stride-4 dense embedding ``V``; Sim2Mask turns its cosine similarity with text embeddings into masks.
+Official counterpart: kakaobrain/tcl bc2b551, models/tcl/masker.py (``Masker``, ``Sim2Mask``). The
+masker reads the frozen CLIP tokens after block ``ie_freeze`` and produces a stride-4 dense
+embedding ``V``; Sim2Mask turns its cosine similarity with text embeddings into masks.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ def l2_normalize(x: torch.Tensor, dim: int = -1, eps: float = 1e-6) -> torch.Ten
 
 
 def gumbel_sigmoid(logits: torch.Tensor, tau: float = 1.0, generator: torch.Generator | None = None):
-    """Straight-through Gumbel-sigmoid (TCL_SPEC §2.5).
+    """Straight-through Gumbel-sigmoid (kakaobrain/tcl bc2b551, models/tcl/gumbel.py, gumbel_sigmoid).
 
     Logistic noise ``log(u/(1-u))`` is added to the logits; the forward value is the hard mask
     ``1[σ((z+ℓ)/τ) > 0.5]`` and the gradient is that of the *noisy* soft mask.
@@ -76,7 +77,8 @@ class Masker(nn.Module):
     ``blocks`` are deep copies of CLIP blocks ``ie_freeze+1 .. depth`` (1-based), the last one run
     self-only, so with ``ie_freeze = depth-1`` the backbone is a per-token function and no spatial
     mixing happens before the decoder. ``head`` is a copy of CLIP's ``ln_post``/``proj``. With all
-    gates at 0 the output at step 0 is the nearest-upsampled MaskCLIP embedding (§2.4, item 5).
+    gates at 0 the output at step 0 is the nearest-upsampled MaskCLIP embedding, as
+    officially (kakaobrain/tcl bc2b551, models/tcl/modules.py: ``Gate`` starts at 0).
     """
 
     def __init__(self, visual: nn.Module, ie_freeze: int, decoder_stages: int = 2,

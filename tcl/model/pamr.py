@@ -1,4 +1,5 @@
-"""Pixel-adaptive mask refinement (PAMR), as TCL applies it at inference (TCL_SPEC §2.9).
+"""Pixel-adaptive mask refinement (PAMR), as TCL applies it at inference
+(kakaobrain/tcl bc2b551, models/tcl/tcl.py ``TCL.apply_pamr`` and models/tcl/pamr.py ``PAMR``).
 
 Araslanov & Roth, "Single-Stage Semantic Segmentation from Image Labels", CVPR 2020. Masks are
 repeatedly replaced by a weighted average of their 8 neighbours at several dilations, with weights

@@ -1,9 +1,10 @@
 """The TCL model: frozen open_clip CLIP + trainable masker, training losses and inference.
 
 Cha et al., "Learning to Generate Text-grounded Mask for Open-world Semantic Segmentation from Only
-Image-Text Pairs", CVPR 2023. Behaviour follows TCL_SPEC §2–3; the fixes of §8 applied here are
-noted where they happen (no mandatory torch.distributed, no wasted CLIP block in training, cached
-positional embeddings, one CLIP for both towers).
+Image-Text Pairs", CVPR 2023. Behaviour follows the official code (kakaobrain/tcl bc2b551,
+models/tcl/tcl.py, ``TCL``); the fixes listed in docs/deviations.md that apply here are noted where
+they happen (no mandatory torch.distributed, no wasted CLIP block in training, cached positional
+embeddings, one CLIP for both towers).
 """
 
 from __future__ import annotations
@@ -35,7 +36,8 @@ from .templates import get_templates
 
 __all__ = ["TCLConfig", "TCL", "IMAGENET_MEAN", "IMAGENET_STD"]
 
-# TCL normalises CLIP inputs with ImageNet statistics, not CLIP's (TCL_SPEC §2.1, §8.9); the
+# TCL normalises CLIP inputs with ImageNet statistics, not CLIP's (docs/deviations.md,
+# *ImageNet normalisation*); the
 # released weights were trained this way.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -43,7 +45,7 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 @dataclass(frozen=True)
 class TCLConfig:
-    """Model hyper-parameters (defaults: the released ViT-B/16 model, TCL_SPEC §2–3)."""
+    """Model hyper-parameters (defaults: the released ViT-B/16 model, kakaobrain/tcl bc2b551 configs/tcl.yml)."""
 
     ie_freeze: int = 11  # CLIP blocks 1..ie_freeze stay frozen and shared; the rest are copied
     decoder_stages: int = 2  # each stage upsamples ×2: masks at stride 16 / 2**stages
@@ -106,12 +108,13 @@ class TCL(nn.Module):
         return self
 
     def set_decoder_only(self, decoder_only: bool, freeze: bool = True) -> None:
-        """Switch the decoder-only (UST) phase (TCL_SPEC §3.2): the masker's ViT block copies stay in
-        eval mode and, with ``freeze``, get ``requires_grad=False``. CLIP is always frozen.
+        """Switch the decoder-only (UST) phase (official ``TCL.set_train``): the masker's ViT block copies
+        stay in eval mode and, with ``freeze``, get ``requires_grad=False``. CLIP is always frozen.
 
-        Distributed training passes ``freeze=False``: DDP only registers parameters that require grad
-        when it is built, and the official code's toggling left the block copies un-synchronised
-        after the switch (§8.1). The trainer then discards their gradients during the phase instead.
+        Distributed training passes ``freeze=False``: DDP only registers parameters that require grad when
+        it is built, and the official code's toggling left the block copies un-synchronised after the switch
+        (docs/deviations.md, *UST gradients*). The trainer then discards their gradients during the phase
+        instead.
         """
         self.decoder_only = decoder_only
         self.clip.requires_grad_(False)
@@ -139,7 +142,7 @@ class TCL(nn.Module):
 
     def maskclip_dense(self, clip_tokens: torch.Tensor, grid) -> torch.Tensor:
         """Frozen MaskCLIP dense embedding [B, D, h, w]: the remaining CLIP blocks with the last one
-        self-only, then the frozen ``ln_post``/``proj`` per token (the KP branch, §2.10)."""
+        self-only, then the frozen ``ln_post``/``proj`` per token (the KP branch, official ``TCL.kp_branch``)."""
         visual = self.clip.visual
         blocks = visual.transformer.resblocks[self.config.ie_freeze:]
         x = run_blocks(blocks, clip_tokens, self_only_last=True, batch_first=self._batch_first)
@@ -172,7 +175,8 @@ class TCL(nn.Module):
         """Zero-shot class embeddings [K, D], L2-normalised.
 
         Every (class, template) prompt is encoded; the *un-normalised* embeddings are averaged over
-        templates and the mean is normalised (TCL_SPEC §4.3, §8.10), as in the official code.
+        templates and the mean is normalised, as in the official code
+        (docs/deviations.md, *Prompt ensembling*).
         """
         class_names = list(class_names)
         if not class_names:
@@ -195,7 +199,7 @@ class TCL(nn.Module):
         cfg = self.config
         with torch.no_grad():
             # Only the blocks the masker needs: the official code also ran CLIP's last block here
-            # and discarded it (TCL_SPEC §8.11).
+            # and discarded it (docs/deviations.md, *CLIP wrapper waste*).
             clip_tokens, grid = self.clip_features(image)
             text_emb = self.encode_text(text_tokens)
 
@@ -246,9 +250,10 @@ class TCL(nn.Module):
                        kp_w: float = 0.3) -> torch.Tensor:
         """Soft masks [B, K, H, W] in [0, 1] for normalised images [B, 3, H, W] and texts [K, D].
 
-        TCL_SPEC §2.8: zero-pad to a multiple of the patch size (split left/right, top/bottom),
-        masker soft masks at stride 4, optional PAMR at that resolution, then KP mixing with the
-        frozen MaskCLIP masks (``kp_w`` weight, after PAMR), bilinear resize, and crop.
+        As the official ``TCL.generate_masks`` (kakaobrain/tcl bc2b551, models/tcl/tcl.py): zero-pad to a
+        multiple of the patch size (split left/right, top/bottom), masker soft masks at stride 4, optional
+        PAMR at that resolution, then KP mixing with the frozen MaskCLIP masks (``kp_w`` weight, after
+        PAMR), bilinear resize, and crop.
         """
         height, width = image.shape[-2:]
         pad = self._padding(height, width)

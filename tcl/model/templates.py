@@ -1,4 +1,4 @@
-"""Prompt-template sets for zero-shot class embeddings (TCL_SPEC §4.3).
+"""Prompt-template sets for zero-shot class embeddings (kakaobrain/tcl bc2b551, datasets/templates.py).
 
 ``custom`` (9 templates) is the set behind every reported TCL number; ``simple`` is the one-template
 default of the original training config.

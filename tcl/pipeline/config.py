@@ -15,7 +15,7 @@ from ..data.download import DISTRIBUTORS, ENCODE_FORMATS, RESIZE_MODES
 __all__ = ["DownloadSource", "DownloadConfig", "CocoObjectConversion", "PipelineConfig", "BASELINES"]
 
 #: Reference models scored next to the trained TCL on every benchmark: the same model at step 0
-#: (the MaskCLIP-style baseline, TCL_SPEC §2.4 item 5) and the frozen CLIP's own dense features.
+#: (the MaskCLIP-style baseline, as the decoder gates start at 0) and the frozen CLIP's own dense features.
 BASELINES = ("step0", "maskclip")
 _NAME = re.compile(r"^[A-Za-z0-9_-]+$")
 
@@ -99,8 +99,9 @@ class DownloadConfig:
 
 @dataclass(frozen=True)
 class CocoObjectConversion:
-    """COCO-Stuff-164k raw maps under ``root`` → COCO-Object maps under ``out`` (TCL_SPEC §5); ``out``
-    is the ``evaluate.data_roots`` entry of the coco_object benchmark that reads them."""
+    """COCO-Stuff-164k raw maps under ``root`` → COCO-Object maps under ``out`` (as the official
+    convert_dataset/convert_coco_object.py); ``out`` is the ``evaluate.data_roots`` entry of the
+    coco_object benchmark that reads them."""
 
     root: str = ""
     out: str = ""

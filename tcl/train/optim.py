@@ -1,4 +1,5 @@
-"""TCL's optimisation recipe (TCL_SPEC §3.3): AdamW groups, linear LR scaling, warmup + cosine.
+"""TCL's optimisation recipe: AdamW groups, linear LR scaling, warmup + cosine
+(kakaobrain/tcl bc2b551: utils/optimizer.py, utils/lr_scheduler.py, the LR scaling in main.py ``main``).
 
 The schedule is a pure function of the step, so a resumed run needs no scheduler state to continue
 exactly where it stopped.
@@ -20,12 +21,12 @@ def parameter_groups(model: nn.Module, weight_decay: float, names: list[str] | N
                      decay_scalars: bool = True) -> list[dict]:
     """AdamW groups as in the official code: no decay for 1-D parameters and ``*.bias``; decay for the rest.
 
-    The rest includes the 0-dim scalars (both logit scales, Sim2Mask ``w``/``b`` and the decoder
-    gates), which the official code decays too (TCL_SPEC §8.7); kept for fidelity. With
-    ``decay_scalars=False`` they are not decayed (the usual CLIP recipe, for the logit scale). ``names`` selects
-    the parameters to optimise (default: every parameter that requires grad). Pass the *eventually*
-    trainable ones (the masker's block copies included, even during the decoder-only phase) so that
-    one optimizer, built once, serves the whole run.
+    The rest includes the 0-dim scalars (both logit scales, Sim2Mask ``w``/``b`` and the decoder gates),
+    which the official code decays too (docs/deviations.md, *Weight decay on scalars*); kept for
+    fidelity. With ``decay_scalars=False`` they are not decayed (the usual CLIP recipe, for the logit
+    scale). ``names`` selects the parameters to optimise (default: every parameter that requires grad).
+    Pass the *eventually* trainable ones (the masker's block copies included, even during the
+    decoder-only phase) so that one optimizer, built once, serves the whole run.
     """
     named = dict(model.named_parameters())
     selected = names if names is not None else [n for n, p in named.items() if p.requires_grad]
@@ -57,7 +58,8 @@ def learning_rate_at(step: int, lr: float, min_lr: float, warmup_steps: int, tot
     Linear warmup from ``lr · warmup_start_factor`` to ``lr`` over ``warmup_steps`` (torch's
     ``LinearLR``), then cosine annealing to ``min_lr`` over ``total_steps − warmup_steps``
     (``CosineAnnealingLR`` inside ``SequentialLR``), the official schedule. Past the end it stays
-    at ``min_lr`` (the official loop runs one step more than the schedule, §8.13).
+    at ``min_lr`` (the official loop runs one step more than the schedule: docs/deviations.md,
+    *50001 steps*).
     """
     if step < warmup_steps:
         return lr * (warmup_start_factor + (1.0 - warmup_start_factor) * step / warmup_steps)

@@ -92,7 +92,9 @@ def _plain(value):
 
 
 def mask_preview(images: torch.Tensor, masks: torch.Tensor, captions: list[str], count: int = 3) -> Image.Image:
-    """A grid of ``count`` samples: image | soft positive mask > 0.5 | masked image, captioned (TCL_SPEC §3.9).
+    """A grid of ``count`` samples: image | soft positive mask > 0.5 | masked image, captioned.
+
+    The official ``main.py`` ``do_training`` logs such a grid to W&B.
 
     ``images`` are ImageNet-normalised [B, 3, H, W]; ``masks`` the soft positive masks [B, 1, h, w].
     """

@@ -2,7 +2,7 @@
 
 One code path for every launch: plain ``python`` (one process, CPU or one GPU) and ``torchrun``
 (any number of processes and nodes, gloo on CPU, NCCL on GPU). Ranks come from the process group,
-never from environment guesses (TCL_SPEC §8.4).
+never from environment guesses (docs/deviations.md, *Distributed mandatory*).
 """
 
 from __future__ import annotations
@@ -80,7 +80,7 @@ def resolve_precision(precision: str, device: torch.device) -> str:
 
 
 def autocast(precision: str, device: torch.device):
-    """The autocast context for the forward pass and losses (weights stay fp32, TCL_SPEC §3.3)."""
+    """The autocast context for the forward pass and losses (weights stay fp32, as in official main.py)."""
     if precision == "fp32":
         return contextlib.nullcontext()
     dtype = torch.bfloat16 if precision == "bf16" else torch.float16

@@ -1,11 +1,13 @@
 """TCL training: one loop for one CPU process, one GPU, or many processes under ``torchrun``.
 
-The recipe is the paper's (TCL_SPEC §3, §6.5): AdamW with decay / no-decay groups, LR scaled
-linearly by the global batch, linear warmup then cosine, gradient clipping, mixed precision, and
-the decoder-only (UST) phase. What the official loop got wrong is fixed (§8): every eventually
-trainable parameter is registered with DDP from the start (§8.1), the data stream and the Gumbel
-noise resume exactly (§8.14), checkpoints are written atomically and hold only what training
-changes (§8.19), and nothing needs ``torch.distributed`` when one process runs (§8.4).
+The recipe is the paper's, as the official code runs it (kakaobrain/tcl bc2b551, main.py
+``do_training``): AdamW with decay / no-decay groups, LR scaled linearly by the global batch, linear
+warmup then cosine, gradient clipping, mixed precision, and the decoder-only (UST) phase. What the
+official loop got wrong is fixed (docs/deviations.md): every eventually trainable parameter is
+registered with DDP from the start (*UST gradients*), the data stream and the Gumbel noise resume
+exactly (*Non-determinism*), checkpoints are written atomically and hold only what training changes
+(*Checkpoint contents*), and nothing needs ``torch.distributed`` when one process runs (*Distributed
+mandatory*).
 
 Read :meth:`Trainer.train_step` top to bottom for one optimisation step.
 """
@@ -48,7 +50,7 @@ LATEST, BEST = "latest.pt", "best.pt"
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Training schedule and bookkeeping (defaults: the released recipe, TCL_SPEC §3.3–3.9)."""
+    """Training schedule and bookkeeping (defaults: the released recipe, kakaobrain/tcl bc2b551 configs/tcl.yml)."""
 
     steps: int = 50000  # optimizer steps
     ust_steps: int = 30000  # decoder-only phase: the masker's block copies stay fixed before this step
@@ -194,7 +196,7 @@ class Trainer:
         return tracker
 
     def derived(self) -> dict:
-        """Values computed from the parameters, recorded with the run (the official config.json, §3.8)."""
+        """Values computed from the parameters, recorded with the run (the official config.json, main.py ``main``)."""
         return {"world_size": self.runtime.world_size, "global_batch": self.global_batch, "lr": self.lr,
                 "min_lr": self.min_lr, "precision": self.precision,
                 "trainable_parameters": sum(p.numel() for p in self.trainable)}
@@ -365,7 +367,7 @@ class Trainer:
             streams, digests = [None] * self.runtime.world_size, [None] * self.runtime.world_size
             dist.all_gather_object(streams, local_stream)
             dist.all_gather_object(digests, local_digest)
-            if len(set(digests)) > 1:  # what the official UST bug caused silently (§8.1)
+            if len(set(digests)) > 1:  # what the official UST bug caused silently (docs/deviations.md)
                 raise TrainingError(f"model replicas diverged across processes at step {self.step}")
         metric = self.val_metrics.get(f"val/{self.cfg.val_metric}")
         improved = metric is not None and metric > self.best
@@ -381,7 +383,8 @@ class Trainer:
                                  "mlflow_unstored_metrics": self.tracker.unconfirmed_metrics(self.step)})
             save_checkpoint(self.out_dir / LATEST, **fields)
             self.tracker.release(self.step)  # only now: a run killed before this line recomputes these steps
-            # Without validation the final model is the best one, as in the release (§3.8).
+            # Without validation the final model is the best one, as in the release (official configs/tcl.yml:
+            # save_topk 0).
             if improved or (not self.cfg.val_benchmarks and self.step == self.cfg.steps):
                 save_checkpoint(self.out_dir / BEST, **fields)
                 self.log(f"saved {self.out_dir / BEST} (step {self.step}"

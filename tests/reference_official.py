@@ -1,9 +1,10 @@
-"""An independent, functional re-statement of the official TCL inference (TCL_SPEC §2, §4.3).
+"""An independent, functional re-statement of the official TCL inference (kakaobrain/tcl bc2b551).
 
-Written from the spec's formulas on plain tensors in the *official* state-dict layout, with none of
-``tcl``'s modules: sequence-first attention with an explicit −inf/0 self-only mask (instead of the
-package's shortcut), PAMR through one-hot convolutions as in the original formulation, and so on.
-Tests compare :mod:`tcl` against it.
+It restates what the official ``models/tcl/tcl.py`` (``TCL.generate_masks``,
+``TCL.build_text_embedding``), ``sclip/model.py`` and ``models/tcl/pamr.py`` compute, as formulas on
+plain tensors in the *official* state-dict layout, with none of ``tcl``'s modules: sequence-first
+attention with an explicit −inf/0 self-only mask (instead of the package's shortcut), PAMR through
+one-hot convolutions as in the original formulation, and so on. Tests compare :mod:`tcl` against it.
 """
 
 from __future__ import annotations
@@ -131,7 +132,7 @@ def pamr(image, mask, iterations=10, dilations=PAMR_DILATIONS):
 
 
 def generate_masks(image, text_emb, clip, tcl, heads, apply_pamr, kp_w):
-    """Official ``TCL.generate_masks`` (TCL_SPEC §2.8) on official-layout weights."""
+    """Official ``TCL.generate_masks`` (models/tcl/tcl.py) on official-layout weights."""
     backbone = sorted({int(k.split(".")[5]) for k in tcl if ".backbone.transformer.resblocks." in k})
     ie_freeze = backbone[0]
     patch = clip["visual.conv1.weight"].shape[-1]
@@ -179,6 +180,6 @@ def encode_text(tokens, clip, heads):
 
 
 def text_embedding(tokens, num_classes, clip, heads):
-    """Mean of un-normalised template embeddings, then L2 normalisation (TCL_SPEC §4.3)."""
+    """Mean of un-normalised template embeddings, then L2 normalisation (official ``TCL.build_text_embedding``)."""
     emb = encode_text(tokens, clip, heads)
     return normalize(emb.view(num_classes, -1, emb.shape[-1]).mean(dim=1), -1)

@@ -38,7 +38,8 @@ def official_model(official_files):
 
 
 def test_parameter_inventory_matches_spec(official_model):
-    """TCL_SPEC §2.7: 28,725,512 trainable parameters, 21,637,640 during the decoder-only phase."""
+    """28,725,512 trainable parameters, 21,637,640 during the decoder-only phase: the counts of the official model
+    (kakaobrain/tcl bc2b551, models/tcl/tcl.py, TCL; main.py ``train`` logs the trainable count)."""
     model = official_model
     try:
         model.set_decoder_only(False)
@@ -98,7 +99,7 @@ def test_text_embedding_matches_official_computation(official_files, official_mo
 
 
 def ref_custom_templates():
-    """The 9 `custom` templates, restated from TCL_SPEC §4.3."""
+    """The 9 `custom` templates, restated from kakaobrain/tcl bc2b551, datasets/templates.py, ``custom``."""
     return ["itap of a {}.", "a bad photo of a {}.", "a origami {}.", "a photo of the large {}.",
             "a {} in a video game.", "art of the {}.", "a photo of the small {}.",
             "a photo of many {}.", "a photo of {}s."]

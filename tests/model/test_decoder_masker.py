@@ -27,7 +27,10 @@ def test_decoder_with_zero_gates_is_nearest_upsampling():
 
 
 def test_masker_starts_from_the_maskclip_embedding(tiny_tcl):
-    """TCL_SPEC §2.4 item 5: at step 0 the masker output is the nearest-upsampled MaskCLIP embedding."""
+    """At step 0 the masker output is the nearest-upsampled MaskCLIP embedding.
+
+    The official decoder's tanh gates start at 0 too (kakaobrain/tcl bc2b551, models/tcl/modules.py, Gate).
+    """
     image = torch.randn(2, 3, 64, 48)
     with torch.no_grad():
         tokens, grid = tiny_tcl.clip_features(image)

@@ -34,7 +34,7 @@ def test_groups_follow_the_official_rule(tiny_tcl):
     named = {id(p): n for n, p in tiny_tcl.named_parameters()}
     decay_names = {named[id(p)] for p in decay["params"]}
     no_decay_names = {named[id(p)] for p in no_decay["params"]}
-    # 0-dim scalars are decayed, as in the official code (TCL_SPEC §8.7)
+    # 0-dim scalars are decayed, as in the official code (docs/deviations.md, *Weight decay on scalars*)
     assert {"image_loss.logit_scale", "region_loss.logit_scale", "masker.sim2mask.w",
             "masker.sim2mask.b", "masker.decoder.stages.0.block1.gate"} <= decay_names
     assert "masker.head.proj" in decay_names and "masker.decoder.stages.0.block1.conv.weight" in decay_names

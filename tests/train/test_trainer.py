@@ -66,7 +66,7 @@ def test_decoder_only_phase_keeps_the_block_copies_fixed(tmp_path, tiny_clip_dir
     assert all(torch.equal(after[k], before[k]) for k in block_copies(after))
     assert not all(torch.equal(after[k], before[k]) for k in after if k.startswith("masker.decoder."))
     state = trainer.optimizer.state
-    assert not any(p in state for p in trainer.frozen_in_ust)  # fresh Adam state when they start (§3.2)
+    assert not any(p in state for p in trainer.frozen_in_ust)  # fresh Adam state when they start (no grad yet)
 
 
 def run_stage(params_file: Path, clip: Path, out: Path, metrics: Path, *extra: str, **popen) -> subprocess.Popen:

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
+from .context import RUN_LABEL_TAG, display_name
 from .values import MAX_PARAMS_TAGS_PER_BATCH, MAX_TAG_VALUE_LENGTH, clean_key
 
 __all__ = ["HTTP_LIMITS", "EXPERIMENT_KIND_TAG", "EXPERIMENT_KIND", "TrackingWarning", "warn", "is_remote",
@@ -185,19 +186,23 @@ def open_run(client, uri: str, run_name: str, experiment: str | None, parent_run
             from mlflow.entities import RunTag
 
             client.update_run(resume_run_id, status="RUNNING")
+            tags.pop(RUN_LABEL_TAG, None)  # a resumed run keeps the name and label it started with
             client.log_batch(resume_run_id, tags=[RunTag(k, v) for k, v in tags.items()][:MAX_PARAMS_TAGS_PER_BATCH])
             return resume_run_id, run.info.experiment_id
     parent_experiment = None
     if parent_run_id:
         try:
-            parent_experiment = client.get_run(parent_run_id).info.experiment_id
+            parent = client.get_run(parent_run_id)
+            parent_experiment = parent.info.experiment_id
             tags["mlflow.parentRunId"] = parent_run_id
+            if parent.data.tags.get(RUN_LABEL_TAG):  # the pipeline run knows the overrides; its stages do not
+                tags[RUN_LABEL_TAG] = parent.data.tags[RUN_LABEL_TAG]
         except MlflowException:
             warn(f"MLflow parent run {parent_run_id} not found in {uri}; run {run_name!r} is not nested")
     if experiment is None and parent_experiment is not None:
         experiment_id = parent_experiment
     else:
         experiment_id = ensure_experiment(client, uri, experiment or os.environ.get("MLFLOW_EXPERIMENT_NAME") or "tcl")
-    run = client.create_run(experiment_id, tags=tags, run_name=run_name)
+    run = client.create_run(experiment_id, tags=tags, run_name=display_name(run_name, tags.get(RUN_LABEL_TAG)))
     return run.info.run_id, experiment_id
 

@@ -102,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     for stop in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):
         signal.signal(stop, lambda signum, frame: sys.exit(128 + signum))
     with PipelineRun.start(root, experiment=params.pipeline.experiment, kind=kind, overrides=overrides,
-                           enabled=not args.no_tracking) as run:
+                           enabled=not args.no_tracking, exp_name=args.exp) as run:
         print(f"run: {kind}" + (f" with {', '.join(overrides)}" if overrides else "")
               + (f"; MLflow parent run {run.run_id} (experiment {params.pipeline.experiment})" if run.run_id else ""),
               flush=True)

@@ -24,7 +24,7 @@ from .atomic import atomic_path
 from .model import TCL, TCLConfig, WeightsError, create_clip
 from .serialization import LoadError, safe_load
 
-__all__ = ["CheckpointError", "FORMAT", "trainable_state", "save_checkpoint", "read_checkpoint",
+__all__ = ["CheckpointError", "FORMAT", "CLIP_SEARCH_LEVELS", "trainable_state", "save_checkpoint", "read_checkpoint",
            "load_trainable_state", "model_from_checkpoint", "load_model"]
 
 FORMAT = "tcl-training-checkpoint/1"
@@ -132,13 +132,56 @@ def _model_config(params: dict) -> TCLConfig:
     return TCLConfig(**{key: value for key, value in params.get("model", {}).items() if key in known})
 
 
+#: How many folders, from the checkpoint's own upwards, may hold the project a relative CLIP path is
+#: relative to (``<project>/models/tcl/best.pt`` is two levels below it; a DVC experiment's copy a few more).
+CLIP_SEARCH_LEVELS = 5
+
+
+def _clip_candidates(recorded: str, source: str) -> list[Path]:
+    """Where the CLIP weights a checkpoint recorded may be: as recorded (relative to the cwd), then, for a
+    relative path, relative to each folder from the checkpoint's own up :data:`CLIP_SEARCH_LEVELS` levels.
+
+    Training records the path it was given (``models/clip/clip.pt``, relative to the project root), so
+    a checkpoint loaded from another directory would otherwise not find its CLIP.
+    """
+    path = Path(recorded)
+    candidates = [path]
+    checkpoint = Path(source)
+    if not path.is_absolute() and checkpoint.is_file():
+        folder = checkpoint.resolve().parent
+        candidates += [up / path for up in [folder, *folder.parents][:CLIP_SEARCH_LEVELS]]
+    return candidates
+
+
+def _clip_weights(payload: dict, clip_weights: str | os.PathLike | None, source: str) -> str:
+    """The CLIP weights file to build the model with (or ``"openai"``); one-line error naming every path tried."""
+    if clip_weights:  # an empty --clip-weights means "the recorded one", as before
+        if str(clip_weights) == "openai" or Path(clip_weights).is_file():
+            return str(clip_weights)
+        raise CheckpointError(f"{source}: CLIP weights file {str(clip_weights)!r} (--clip-weights) not found")
+    recorded = payload["clip"].get("weights")
+    if recorded is None:
+        raise CheckpointError(f"{source}: the checkpoint names no CLIP weights; pass the CLIP weights file "
+                              "with --clip-weights (e.g. models/clip/clip.pt)")
+    if str(recorded) == "openai":
+        return "openai"
+    tried = _clip_candidates(str(recorded), source)
+    found = next((path for path in tried if path.is_file()), None)
+    if found is None:
+        unique = list(dict.fromkeys(str(path) for path in tried))
+        raise CheckpointError(f"{source}: CLIP weights {str(recorded)!r} not found (tried {', '.join(unique)}); "
+                              "pass the CLIP weights file with --clip-weights (e.g. models/clip/clip.pt)")
+    return str(found)
+
+
 def model_from_checkpoint(payload: dict, clip_weights: str | os.PathLike | None = None,
                           source: str = "checkpoint") -> TCL:
-    """Rebuild the trained model: the recorded CLIP (or ``clip_weights``) plus the saved weights."""
-    weights = clip_weights or payload["clip"].get("weights")
-    if weights is None or not Path(weights).is_file() and str(weights) != "openai":
-        raise CheckpointError(f"{source}: CLIP weights {weights!r} not found; pass the CLIP weights file "
-                              "(--clip-weights, e.g. models/clip/clip.pt)")
+    """Rebuild the trained model: the recorded CLIP (or ``clip_weights``) plus the saved weights.
+
+    ``source`` is the checkpoint's path: a relative recorded CLIP path that does not exist from the cwd
+    is looked up relative to the project the checkpoint sits in (see :func:`_clip_candidates`).
+    """
+    weights = _clip_weights(payload, clip_weights, source)
     try:
         clip = create_clip(payload["clip"]["model"], weights)
     except WeightsError as err:

@@ -74,19 +74,23 @@ class PipelineRun:
 
     @classmethod
     def start(cls, root: str | os.PathLike, *, experiment: str, kind: str, overrides: list[str] | None = None,
-              flow_run_id: str | None = None, enabled: bool = True) -> PipelineRun:
+              flow_run_id: str | None = None, enabled: bool = True, exp_name: str | None = None) -> PipelineRun:
         """Open the parent run ``pipeline`` in ``experiment``; ``kind`` says what launched it (tag).
 
-        The store is ``MLFLOW_TRACKING_URI``, else the embedded one of the project at ``root``.
+        The store is ``MLFLOW_TRACKING_URI``, else the embedded one of the project at ``root``. The run
+        name tells executions apart (``exp_name``, the DVC experiment it runs, else the git commit, then
+        ``overrides``: ``pipeline · three-steps · steps=3``); the stages' runs take the same label.
         """
         from ..tracking import RunTracker, default_tracking_uri
 
         tags = {"pipeline.kind": kind, "pipeline.overrides": " ".join(overrides or []) or "(none)"}
         if flow_run_id:
             tags["prefect.flow_run_id"] = flow_run_id
+        if exp_name:
+            tags["dvc.exp_name"] = exp_name  # what DVC gives the stages of `dvc exp run --name` as DVC_EXP_NAME
         uri = os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri(root)
         tracker = RunTracker.start("pipeline", experiment=experiment, tags=tags, stage="pipeline", tracking_uri=uri,
-                                   enabled=enabled)
+                                   enabled=enabled, overrides=overrides)
         return cls(tracker, experiment, flow_run_id)
 
     @property

@@ -13,10 +13,13 @@ imported only when a run is started.
 from .context import (
                       PARENT_RUN_ENV,
                       PREFECT_FLOW_RUN_ENV,
+                      RUN_LABEL_TAG,
+                      RUN_NAME_TAG,
                       STAGE_ENV,
                       default_tracking_uri,
                       find_project_root,
                       resolve_tracking_uri,
+                      run_label,
                       run_tags,
 )
 from .registry import register_model
@@ -25,4 +28,4 @@ from .values import flatten_params
 
 __all__ = ["RunTracker", "TrackingWarning", "run_tags", "default_tracking_uri", "resolve_tracking_uri",
            "find_project_root", "register_model", "flatten_params", "PARENT_RUN_ENV", "PREFECT_FLOW_RUN_ENV",
-           "STAGE_ENV"]
+           "STAGE_ENV", "RUN_NAME_TAG", "RUN_LABEL_TAG", "run_label"]

@@ -15,8 +15,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-__all__ = ["find_project_root", "default_tracking_uri", "resolve_tracking_uri", "run_tags",
-           "PARENT_RUN_ENV", "PREFECT_FLOW_RUN_ENV", "STAGE_ENV"]
+__all__ = ["find_project_root", "default_tracking_uri", "resolve_tracking_uri", "run_tags", "run_label",
+           "display_name", "PARENT_RUN_ENV", "PREFECT_FLOW_RUN_ENV", "STAGE_ENV", "RUN_NAME_TAG", "RUN_LABEL_TAG"]
 
 #: Environment variable through which a pipeline hands its parent run id to stage processes.
 PARENT_RUN_ENV = "TCL_MLFLOW_PARENT_RUN_ID"
@@ -24,6 +24,14 @@ PARENT_RUN_ENV = "TCL_MLFLOW_PARENT_RUN_ID"
 PREFECT_FLOW_RUN_ENV = "TCL_PREFECT_FLOW_RUN_ID"
 #: Stage name exported by our flows (``dvc repro`` sets ``DVC_STAGE`` itself).
 STAGE_ENV = "TCL_STAGE"
+#: Tag holding a run's plain name (``train``, ``pipeline``, ``baseline-step0-voc``): the MLflow run name
+#: adds the label below, so searches by name go through this tag (``tags.tcl.run_name = 'train'``).
+RUN_NAME_TAG = "tcl.run_name"
+#: Tag holding what tells a run apart from its siblings (:func:`run_label`); child runs take their parent's.
+RUN_LABEL_TAG = "tcl.run_label"
+NAME_SEPARATOR = " · "
+_MAX_OVERRIDES_SHOWN = 3
+_MAX_LABEL = 120
 
 _ROOT_MARKERS = ("params.yaml", "pyproject.toml")
 # Variables DVC sets for stage commands (dvc/stage/run.py, dvc/repo/experiments/queue/base.py).
@@ -114,3 +122,26 @@ def run_tags(stage: str | None = None, root: str | os.PathLike | None = None) ->
     with contextlib.suppress(Exception):  # no user name in some containers
         tags["mlflow.user"] = getpass.getuser()
     return tags
+
+
+def _override_summary(overrides: list[str] | tuple[str, ...]) -> str:
+    """``train.steps=400 model.tcl_w=0.5`` -> ``steps=400, tcl_w=0.5``: the last key part is enough to
+    tell runs apart in a chart legend; past a few overrides (an overrides file), only their number."""
+    short = [f"{key.rsplit('.', 1)[-1]}={value}" for key, _, value in (o.partition("=") for o in overrides)]
+    if len(short) > _MAX_OVERRIDES_SHOWN:
+        short = [*short[:_MAX_OVERRIDES_SHOWN], f"+{len(short) - _MAX_OVERRIDES_SHOWN} more"]
+    return ", ".join(short)
+
+
+def run_label(tags: dict[str, str], overrides: list[str] | tuple[str, ...] = ()) -> str:
+    """What tells a run apart: the DVC experiment's name (tag ``dvc.exp_name``), else the short git
+    commit, then the parameter overrides; ``""`` when none of them is known."""
+    ident = tags.get("dvc.exp_name") or (tags.get("git.commit") or "")[:7]
+    label = NAME_SEPARATOR.join(part for part in (ident, _override_summary(overrides)) if part)
+    return label if len(label) <= _MAX_LABEL else label[:_MAX_LABEL - 1] + "…"
+
+
+def display_name(name: str, label: str | None) -> str:
+    """The MLflow run name: ``train · 3f5b2db · steps=400`` (just ``name`` without a label), so runs
+    overlaid in one chart can be told apart."""
+    return NAME_SEPARATOR.join(part for part in (name, label) if part)

@@ -45,7 +45,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .context import PARENT_RUN_ENV, resolve_tracking_uri, run_tags
+from .context import PARENT_RUN_ENV, RUN_LABEL_TAG, RUN_NAME_TAG, resolve_tracking_uri, run_label, run_tags
 from .owner import close_orphaned_runs, owner_tags
 from .transport import TrackingWarning, http_limits, make_client, open_run, probe
 from .transport import warn as _warn
@@ -123,7 +123,8 @@ class RunTracker:
     def start(cls, run_name: str, *, experiment: str | None = None, parent_run_id: str | None = None,
               tags: dict[str, Any] | None = None, tracking_uri: str | None = None, resume_run_id: str | None = None,
               enabled: bool = True, stage: str | None = None, max_pending: int = 10_000,
-              retry_interval: float = 30.0, hold_metrics: bool = False) -> RunTracker:
+              retry_interval: float = 30.0, hold_metrics: bool = False,
+              overrides: list[str] | None = None) -> RunTracker:
         """Open (or resume) a run and return its tracker; never raises on tracking failures.
 
         ``tracking_uri``: else ``MLFLOW_TRACKING_URI``, else the embedded store of the project.
@@ -133,6 +134,9 @@ class RunTracker:
         ``MLFLOW_EXPERIMENT_NAME``, else ``"tcl"``. Tags: :func:`run_tags` (``stage``) updated by ``tags``.
         ``resume_run_id``: reopen that run (a resumed training) instead of creating one.
         ``hold_metrics``: keep metrics until :meth:`release` (see the module docstring).
+        The MLflow run name is ``run_name`` plus :func:`run_label` (the DVC experiment or git commit and
+        the parameter ``overrides``; a nested run takes its parent's label), e.g. ``train · 3f5b2db ·
+        steps=400``; ``run_name`` itself is the tag ``tcl.run_name``.
         Runs of the experiment left ``RUNNING`` by a dead process of this host are closed (``owner``).
         """
         if not enabled:
@@ -144,11 +148,14 @@ class RunTracker:
                   f"training continues")
             return cls(run_name, tracking_uri=uri)
         parent_run_id = parent_run_id or os.environ.get(PARENT_RUN_ENV) or None
+        all_tags = {**run_tags(stage), **owner_tags(), **(tags or {})}
+        all_tags.setdefault(RUN_LABEL_TAG, run_label(all_tags, overrides or ()))
+        all_tags[RUN_NAME_TAG] = run_name
         try:
             with http_limits():
                 client = make_client(uri)
-                run_id, experiment_id = open_run(client, uri, run_name, experiment, parent_run_id,
-                                                  {**run_tags(stage), **owner_tags(), **(tags or {})}, resume_run_id)
+                run_id, experiment_id = open_run(client, uri, run_name, experiment, parent_run_id, all_tags,
+                                                 resume_run_id)
         except Exception as err:  # tracking must never stop training
             _warn(f"MLflow tracking at {uri} failed to open run {run_name!r} ({type(err).__name__}: "
                   f"{' '.join(str(err).split())[:300]}); training continues untracked")

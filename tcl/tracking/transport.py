@@ -22,10 +22,11 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
+from .context import RUN_LABEL_TAG, display_name
 from .values import MAX_PARAMS_TAGS_PER_BATCH, MAX_TAG_VALUE_LENGTH, clean_key
 
-__all__ = ["HTTP_LIMITS", "TrackingWarning", "warn", "is_remote", "sqlite_path", "probe", "http_limits",
-           "make_client", "ensure_experiment", "artifact_location", "open_run"]
+__all__ = ["HTTP_LIMITS", "EXPERIMENT_KIND_TAG", "EXPERIMENT_KIND", "TrackingWarning", "warn", "is_remote",
+           "sqlite_path", "probe", "http_limits", "make_client", "ensure_experiment", "artifact_location", "open_run"]
 
 #: Limits applied to our own MLflow HTTP calls: two retries within ~3 s when the server refuses
 #: connections (instead of ~4 min), and 60 s per socket wait (a server may take that long to store a
@@ -33,6 +34,11 @@ __all__ = ["HTTP_LIMITS", "TrackingWarning", "warn", "is_remote", "sqlite_path",
 HTTP_LIMITS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
                "MLFLOW_HTTP_REQUEST_BACKOFF_JITTER": "0.5", "MLFLOW_HTTP_REQUEST_TIMEOUT": "60"}
 
+#: The experiment tag MLflow 3's UI reads to pick its layout, and the value of its "custom model
+#: development" kind (the JS bundle's ``ExperimentKind.CUSTOM_MODEL_DEVELOPMENT``). Without it, MLflow
+#: 3.x may open an experiment in GenAI mode ("0 traces") and hide the training runs behind a pop-up.
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"
 
 
 class TrackingWarning(UserWarning):
@@ -145,21 +151,24 @@ def artifact_location(uri: str, experiment: str) -> str | None:
 
 def ensure_experiment(client, uri: str, name: str) -> str:
     """The id of experiment ``name``, created (with :func:`artifact_location`) if missing; a concurrent
-    creation by another process is tolerated."""
+    creation by another process is tolerated. The experiment is tagged as a model-training one
+    (:data:`EXPERIMENT_KIND_TAG`), also when it exists without that tag; a kind the user chose is kept."""
     from mlflow.exceptions import MlflowException
 
     found = client.get_experiment_by_name(name)
-    if found is not None:
-        if found.lifecycle_stage == "deleted":
-            client.restore_experiment(found.experiment_id)
-        return found.experiment_id
-    try:
-        return client.create_experiment(name, artifact_location=artifact_location(uri, name))
-    except MlflowException:
-        found = client.get_experiment_by_name(name)  # created meanwhile by a parallel stage
-        if found is None:
-            raise
-        return found.experiment_id
+    if found is None:
+        try:
+            return client.create_experiment(name, artifact_location=artifact_location(uri, name),
+                                            tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
+        except MlflowException:
+            found = client.get_experiment_by_name(name)  # created meanwhile by a parallel stage
+            if found is None:
+                raise
+    if found.lifecycle_stage == "deleted":
+        client.restore_experiment(found.experiment_id)
+    if EXPERIMENT_KIND_TAG not in (found.tags or {}):
+        client.set_experiment_tag(found.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
+    return found.experiment_id
 
 
 def open_run(client, uri: str, run_name: str, experiment: str | None, parent_run_id: str | None,
@@ -177,19 +186,23 @@ def open_run(client, uri: str, run_name: str, experiment: str | None, parent_run
             from mlflow.entities import RunTag
 
             client.update_run(resume_run_id, status="RUNNING")
+            tags.pop(RUN_LABEL_TAG, None)  # a resumed run keeps the name and label it started with
             client.log_batch(resume_run_id, tags=[RunTag(k, v) for k, v in tags.items()][:MAX_PARAMS_TAGS_PER_BATCH])
             return resume_run_id, run.info.experiment_id
     parent_experiment = None
     if parent_run_id:
         try:
-            parent_experiment = client.get_run(parent_run_id).info.experiment_id
+            parent = client.get_run(parent_run_id)
+            parent_experiment = parent.info.experiment_id
             tags["mlflow.parentRunId"] = parent_run_id
+            if parent.data.tags.get(RUN_LABEL_TAG):  # the pipeline run knows the overrides; its stages do not
+                tags[RUN_LABEL_TAG] = parent.data.tags[RUN_LABEL_TAG]
         except MlflowException:
             warn(f"MLflow parent run {parent_run_id} not found in {uri}; run {run_name!r} is not nested")
     if experiment is None and parent_experiment is not None:
         experiment_id = parent_experiment
     else:
         experiment_id = ensure_experiment(client, uri, experiment or os.environ.get("MLFLOW_EXPERIMENT_NAME") or "tcl")
-    run = client.create_run(experiment_id, tags=tags, run_name=run_name)
+    run = client.create_run(experiment_id, tags=tags, run_name=display_name(run_name, tags.get(RUN_LABEL_TAG)))
     return run.info.run_id, experiment_id
 

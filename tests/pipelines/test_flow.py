@@ -146,7 +146,7 @@ def test_a_failing_stage_fails_the_flow_and_bad_parameters_fail_before_any_stage
     assert states["train"] == "FAILED" and states["download@a"] == "COMPLETED" and "report" not in states
     client = MlflowClient(f"sqlite:///{scratch / 'mlflow.db'}")
     [parent] = client.search_runs([e.experiment_id for e in client.search_experiments()],
-                                  "tags.mlflow.runName = 'pipeline'")
+                                  "tags.tcl.run_name = 'pipeline'")
     assert parent.info.status == "FAILED"
 
 

@@ -49,7 +49,7 @@ def test_whole_pipeline_through_prefect_then_dvc_then_an_experiment(tmp_path, mo
     parent = client.get_run(result["mlflow_run_id"])
     experiment = parent.info.experiment_id
     children = client.search_runs([experiment], f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
-    names = {run.data.tags["mlflow.runName"] for run in children}
+    names = {run.data.tags["tcl.run_name"] for run in children}
     assert {"train", "register", "baseline-maskclip-synthetic_voc",
             "baseline-maskclip-synthetic_coco_object"} <= names, names
     assert str(client.get_model_version_by_alias("tcl", "champion").version) == "1"
@@ -61,7 +61,7 @@ def test_whole_pipeline_through_prefect_then_dvc_then_an_experiment(tmp_path, mo
     assert swept.returncode == 0, swept.stdout[-3000:] + swept.stderr[-3000:]
     assert "three-steps" in _exp_show(root)  # a DVC experiment, comparable with dvc exp show
     assert json.loads((root / "metrics/train.json").read_text())["step"] == 3
-    parents = client.search_runs([experiment], "tags.mlflow.runName = 'pipeline'")
+    parents = client.search_runs([experiment], "tags.tcl.run_name = 'pipeline'")
     assert len(parents) == 2 and {p.data.tags["pipeline.kind"] for p in parents} == {"prefect",
                                                                                       "dvc exp run (three-steps)"}
 

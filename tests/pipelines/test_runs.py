@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from tcl.pipeline.runs import PipelineRun, benchmark_table
-from tcl.tracking import PARENT_RUN_ENV, RunTracker
+from tcl.tracking import PARENT_RUN_ENV, RUN_NAME_TAG, RunTracker
 
 REPORT = {"rows": [{"benchmark": "synthetic_voc", "miou": 41.5, "miou_step0": 12.0, "aacc": 80.0, "kp_w": 0.3,
                     "model": {"step": 9}},
@@ -49,10 +49,72 @@ def test_parent_run_hands_its_id_to_stages_and_collects_the_results(tmp_path, mo
     assert parent.data.tags["pipeline.kind"] == "dvc repro" and parent.data.tags["prefect.flow_run_id"] == "flow-123"
     assert parent.data.tags["pipeline.overrides"] == "train.steps=9"
     children = client.search_runs([parent.info.experiment_id], f"tags.mlflow.parentRunId = '{run.run_id}'")
-    assert [c.data.tags["mlflow.runName"] for c in children] == ["train"]
+    assert [c.data.tags[RUN_NAME_TAG] for c in children] == ["train"]
+    assert parent.info.run_name.startswith("pipeline · ") and parent.info.run_name.endswith(" · steps=9")
+    assert [c.info.run_name for c in children] == ["train" + parent.info.run_name[len("pipeline"):]]  # its label
     artifacts = {a.path for a in client.list_artifacts(run.run_id, "pipeline")}
     assert artifacts == {"pipeline/params.yaml", "pipeline/dvc.lock"}
     assert {a.path for a in client.list_artifacts(run.run_id, "report")} == {"report/report.json"}
+
+
+def _git_project(root: Path) -> str:
+    """``root`` as a one-commit git repository; its short commit."""
+    import subprocess
+
+    def git(*args: str) -> str:
+        return subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=root, check=True,
+                              capture_output=True, text=True, timeout=60).stdout.strip()
+
+    (root / "params.yaml").write_text("train:\n  steps: 9\n")
+    git("init", "-q")
+    git("add", "params.yaml")
+    git("commit", "-q", "-m", "init")
+    return git("rev-parse", "--short=7", "HEAD")
+
+
+def test_run_names_tell_executions_apart(tmp_path, monkeypatch):
+    """Three training losses overlaid in the MLflow UI must not all read "train": a run's name carries the
+    DVC experiment (else the git commit) and the overrides of its pipeline execution; the plain name
+    stays searchable as a tag."""
+    from mlflow.tracking import MlflowClient
+
+    for name in ("MLFLOW_TRACKING_URI", PARENT_RUN_ENV, "DVC_EXP_NAME", "MLFLOW_EXPERIMENT_NAME"):
+        monkeypatch.delenv(name, raising=False)
+    commit = _git_project(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    parents = []
+    for steps, exp_name in ((100, None), (200, None), (3, "three-steps")):
+        with PipelineRun.start(tmp_path, experiment="names", kind="test", overrides=[f"train.steps={steps}"],
+                               exp_name=exp_name) as run:
+            env = run.env()
+            with RunTracker.start("train", parent_run_id=env[PARENT_RUN_ENV], tracking_uri=env["MLFLOW_TRACKING_URI"]):
+                pass  # a stage process: it knows neither the overrides nor the experiment's name
+        parents.append(run.run_id)
+    monkeypatch.setenv("DVC_EXP_NAME", "sedgy-pins")  # `dvc exp run` by hand: DVC names the experiment
+    with RunTracker.start("train", experiment="names", tracking_uri=env["MLFLOW_TRACKING_URI"]) as alone:
+        pass
+
+    client = MlflowClient(env["MLFLOW_TRACKING_URI"])
+    experiment = client.get_experiment_by_name("names").experiment_id
+    trains = client.search_runs([experiment], f"tags.{RUN_NAME_TAG} = 'train'", order_by=["attributes.start_time"])
+    assert [r.info.run_name for r in trains] == [f"train · {commit} · steps=100", f"train · {commit} · steps=200",
+                                                 "train · three-steps · steps=3", "train · sedgy-pins"]
+    assert [r.data.tags.get("mlflow.parentRunId") for r in trains] == [*parents, None]
+    assert trains[-1].info.run_id == alone.run_id
+    pipelines = client.search_runs([experiment], f"tags.{RUN_NAME_TAG} = 'pipeline'",
+                                   order_by=["attributes.start_time"])
+    assert [r.info.run_name for r in pipelines] == [f"pipeline · {commit} · steps=100",
+                                                    f"pipeline · {commit} · steps=200",
+                                                    "pipeline · three-steps · steps=3"]
+
+
+def test_long_override_lists_are_summarised():
+    from tcl.tracking import run_label
+
+    overrides = ["train.steps=5", "model.tcl_w=0.5", "data.batch_size=8", "train.lr=1e-4", "eval.crop=448"]
+    assert run_label({"git.commit": "0123456789abcdef"}, overrides) == \
+        "0123456 · steps=5, tcl_w=0.5, batch_size=8, +2 more"
+    assert run_label({}) == ""
 
 
 def test_a_failed_execution_marks_the_parent_failed(tmp_path, monkeypatch):

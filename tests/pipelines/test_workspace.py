@@ -127,7 +127,7 @@ def test_a_stopped_run_stops_dvc_and_every_stage_process(project, tmp_path, stop
 
         client = MlflowClient(f"sqlite:///{project / 'mlflow.db'}")
         [parent] = client.search_runs([e.experiment_id for e in client.search_experiments()],
-                                      "tags.mlflow.runName = 'pipeline'")
+                                      "tags.tcl.run_name = 'pipeline'")
         assert parent.info.status == "KILLED"
     with WorkspaceLock.acquire(project, "test"):
         pass

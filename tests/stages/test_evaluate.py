@@ -158,7 +158,8 @@ def test_mlflow_child_run_under_the_training_run(project, capsys, monkeypatch):
     [child] = client.search_runs([client.get_run(parent.run_id).info.experiment_id],
                                  f"tags.mlflow.parentRunId = '{parent.run_id}'")
     result = json.loads((project / "mlflow_voc.json").read_text())
-    assert child.info.run_name == "baseline-step0-voc" and child.info.status == "FINISHED"
+    assert child.data.tags["tcl.run_name"] == "baseline-step0-voc" and child.info.status == "FINISHED"
+    assert child.info.run_name.startswith("baseline-step0-voc")  # plus the label of its parent run
     assert child.data.tags["model_kind"] == "step0"
     assert child.data.metrics["miou"] == result["miou"] and "iou/background" in child.data.metrics
     assert child.data.params["evaluate.bg_thresh"] == "0.4" and child.data.params["model.baseline"] == "step0"

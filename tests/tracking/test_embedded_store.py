@@ -148,3 +148,25 @@ def test_queue_bound_drops_and_counts(store):
     run.finish()
     logged = len(store.get_metric_history(run.run_id, "x"))
     assert logged + run.dropped == 200 and logged >= 1
+
+
+def test_experiments_are_tagged_as_model_training(store):
+    """MLflow 3's UI opens an experiment without ``mlflow.experimentKind`` in GenAI mode ("0 traces"):
+    every experiment our runs go to carries the custom-model-development kind, old ones included."""
+    from tcl.tracking.transport import EXPERIMENT_KIND, EXPERIMENT_KIND_TAG
+
+    assert (EXPERIMENT_KIND_TAG, EXPERIMENT_KIND) == ("mlflow.experimentKind", "custom_model_development")
+    with RunTracker.start("train", experiment="kind-new") as new:
+        pass
+    assert store.get_experiment(new.experiment_id).tags[EXPERIMENT_KIND_TAG] == "custom_model_development"
+
+    old = store.create_experiment("kind-old")  # made by an earlier version of the project: no kind tag
+    assert EXPERIMENT_KIND_TAG not in store.get_experiment(old).tags
+    with RunTracker.start("train", experiment="kind-old") as run:
+        assert run.experiment_id == old
+    assert store.get_experiment(old).tags[EXPERIMENT_KIND_TAG] == "custom_model_development"
+
+    chosen = store.create_experiment("kind-chosen", tags={EXPERIMENT_KIND_TAG: "genai_development"})
+    with RunTracker.start("train", experiment="kind-chosen"):
+        pass
+    assert store.get_experiment(chosen).tags[EXPERIMENT_KIND_TAG] == "genai_development"  # the user's choice stays

@@ -73,7 +73,7 @@ def run_single(args) -> dict:
     from tcl import TCLConfig, create_tcl
     from tcl.eval import DataRoots, EvalConfig, evaluate_benchmark, get_benchmark
     from tcl.eval.datasets import EvalSamples, build_dataset, class_names
-    from tcl.eval.sliding import sliding_window_scores
+    from tcl.inference.sliding import sliding_window_scores
 
     torch.manual_seed(0)
     device = torch.device(args.device)

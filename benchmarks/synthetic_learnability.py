@@ -115,7 +115,7 @@ def main() -> None:
             vision[key] = value
     vision["image_size"] = params.data.image_size
     if args.clip is not None:
-        from tcl.train.clip_pretraining import load_saved_clip
+        from tcl.checkpoint import load_saved_clip
 
         clip = load_saved_clip(args.clip)
         cfg = json.loads((args.clip / "clip.json").read_text())["model"]

@@ -30,9 +30,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
+from tcl.checkpoint import save_clip  # noqa: E402
 from tcl.config import load_params  # noqa: E402
 from tcl.model import create_clip  # noqa: E402
-from tcl.train.clip_pretraining import save_clip  # noqa: E402
 from tcl.train.trainer import Trainer  # noqa: E402
 
 

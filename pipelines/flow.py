@@ -8,7 +8,7 @@ any stage starts). Downloads retry with exponential backoff (img2dataset resumes
 training runs under ``torchrun`` (the train stage's command), evaluations are mapped over the
 benchmarks with at most ``eval_concurrency`` at a time. One MLflow parent run per flow run holds
 every stage's run; the flow publishes the benchmark table as a Prefect table artifact and links
-that MLflow run. A flow run holds the checkout's workspace lock (:mod:`tcl.pipeline.lock`) from
+that MLflow run. A flow run holds the checkout's workspace lock (:mod:`pipelines.lock`) from
 start to finish, as ``make run`` does: a second pipeline run in the same checkout fails at once,
 naming the first. Run it once with ``python -m pipelines.flow``; schedule it with ``prefect.yaml``
 or ``python -m pipelines.serve``.
@@ -28,12 +28,12 @@ from prefect.cache_policies import NO_CACHE
 from prefect.task_runners import ThreadPoolTaskRunner
 from prefect.tasks import exponential_backoff
 
+from pipelines import dvc_cli as dvc
+from pipelines.inputs import missing_inputs
+from pipelines.lock import workspace_lock
+from pipelines.overrides import load_overrides_file, parse_overrides, validate_overrides, write_overrides
+from pipelines.parent_run import PipelineRun, benchmark_table, read_report
 from tcl.config import ConfigError
-from tcl.pipeline import dvc_cli as dvc
-from tcl.pipeline.inputs import missing_inputs
-from tcl.pipeline.lock import workspace_lock
-from tcl.pipeline.overrides import load_overrides_file, parse_overrides, validate_overrides, write_overrides
-from tcl.pipeline.runs import PipelineRun, benchmark_table, read_report
 from tcl.tracking import STAGE_ENV
 
 __all__ = ["tcl_pipeline", "run_stage", "stage_groups", "PROJECT_ROOT"]

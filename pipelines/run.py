@@ -14,7 +14,7 @@ stages are done it receives the benchmark table's numbers, params.yaml, dvc.lock
 Exit status 1: a stage failed (its output is above the last line).
 
 One run at a time per checkout (they share params.yaml): a run holds the workspace lock
-(tcl.pipeline.lock) from start to finish; a second one started meanwhile ends at once with exit
+(pipelines.lock) from start to finish; a second one started meanwhile ends at once with exit
 status 2 and one line naming the first (PID, start time, command), or waits for it with --wait.
 Stopping a run (Ctrl-C, SIGTERM, SIGHUP, even SIGKILL) stops dvc and its stage processes too.
 """
@@ -51,18 +51,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--wait", action="store_true", help="wait for a pipeline run already using this checkout")
     args = parser.parse_args(argv)
 
-    from tcl.config import ConfigError
-    from tcl.pipeline import dvc_cli as dvc
-    from tcl.pipeline.inputs import missing_inputs
-    from tcl.pipeline.lock import WorkspaceError, WorkspaceLock
-    from tcl.pipeline.overrides import (
+    from pipelines import dvc_cli as dvc
+    from pipelines.inputs import missing_inputs
+    from pipelines.lock import WorkspaceError, WorkspaceLock
+    from pipelines.overrides import (
         load_overrides_file,
         parse_overrides,
         to_dvc_set_args,
         validate_overrides,
         write_overrides,
     )
-    from tcl.pipeline.runs import REPORT_JSON, PipelineRun
+    from pipelines.parent_run import REPORT_JSON, PipelineRun
+    from tcl.config import ConfigError
 
     root, params_file = args.root.resolve(), args.root.resolve() / "params.yaml"
     try:  # held until main returns (the last reference goes) or the process ends, however it ends
@@ -97,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     overrides = [f"{k}={v}" for k, v in changes]
     kind = f"dvc exp run ({args.exp})" if args.exp else "dvc repro"
     # SIGTERM (a scheduler, `kill`), SIGHUP (the terminal closed) and Ctrl-C unwind alike, without a traceback:
-    # dvc and the stage are stopped too (training writes its checkpoint; see tcl.pipeline.guard) and the
+    # dvc and the stage are stopped too (training writes its checkpoint; see pipelines.guard) and the
     # parent run is marked KILLED/FAILED instead of left RUNNING.
     for stop in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):
         signal.signal(stop, lambda signum, frame: sys.exit(128 + signum))

@@ -150,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("download: interrupted; run the same command again to resume", file=sys.stderr)
         return 130
-    from tcl.pipeline.runs import stage_run
+    from pipelines.parent_run import stage_run
 
     with stage_run("download") as tracker:  # a child of the pipeline's MLflow run under make run / the flow
         tracker.set_tags({"download.source": args.source or str(args.url_list), "download.out": str(args.out)})

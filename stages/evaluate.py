@@ -25,19 +25,17 @@ TCL_MLFLOW_PARENT_RUN_ID, or the run recorded in the checkpoint).
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 from dataclasses import replace
 from pathlib import Path
 
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # read when torch loads OpenMP (see stages/train.py)
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tcl.stage_parser import StageParser  # noqa: E402
+from stages.common import StageParser  # noqa: E402
 
 PROG = "evaluate"
-BASELINES = ("step0", "maskclip")
+BASELINES = ("step0", "maskclip")  # tcl.eval.config.BASELINES (not imported here: --help stays fast)
 
 
 
@@ -77,8 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _load_model(args, params):
     """(model, description, training run id or None)."""
     from tcl import TCL
-    from tcl.checkpoint import CheckpointError, load_model, model_from_checkpoint, read_checkpoint
-    from tcl.train.clip_pretraining import load_saved_clip
+    from tcl.checkpoint import CheckpointError, load_model, load_saved_clip, model_from_checkpoint, read_checkpoint
 
     if args.checkpoint is not None:
         info = {"source": "checkpoint", "checkpoint": str(args.checkpoint)}
@@ -223,7 +220,7 @@ def main(argv: list[str] | None = None) -> int:
     from tcl.config import ConfigError
     from tcl.eval import EvalDataError, UnknownBenchmarkError, get_benchmark
     from tcl.model import WeightsError
-    from tcl.train.runtime import start_runtime
+    from tcl.runtime import start_runtime
 
     runtime = None
     try:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tcl.stage_parser import StageParser  # noqa: E402
+from stages.common import StageParser  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -26,12 +26,13 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
+    from pipelines.parent_run import stage_run
     from tcl.atomic import write_json_atomic
+    from tcl.checkpoint import save_clip
     from tcl.config import ConfigError
     from tcl.data.stream import StreamError, TrainingStream, build_loader
     from tcl.model import WeightsError, create_clip
-    from tcl.pipeline.runs import stage_run
-    from tcl.train.clip_pretraining import pretrain_clip, save_clip
+    from tcl.train.clip_pretraining import pretrain_clip
 
     tracker = None
     try:

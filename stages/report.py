@@ -14,7 +14,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tcl.stage_parser import StageParser  # noqa: E402
+from stages.common import StageParser  # noqa: E402
 
 PROG = "report"
 

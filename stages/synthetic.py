@@ -20,8 +20,8 @@ from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from stages.common import StageParser  # noqa: E402
 from tcl.data.synthetic import SyntheticError, SyntheticParams, generate_synthetic, measure_throughput  # noqa: E402
-from tcl.stage_parser import StageParser  # noqa: E402
 
 PROG = "synthetic"
 

@@ -21,12 +21,9 @@ import os
 import sys
 from pathlib import Path
 
-# With 2 threads on shared cores OpenMP's spin-waiting made training ~3x slower (measured); it is
-# read when torch loads its OpenMP runtime, so it must be set before the import.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tcl.stage_parser import StageParser  # noqa: E402
+from stages.common import StageParser, run_stage  # noqa: E402
 
 PROG = "train"
 
@@ -42,14 +39,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-tracking", action="store_true", help="do not log to MLflow")
     args = parser.parse_args(argv)
 
-    from tcl.atomic import DiskFullError, remove_stale_temporaries
-    from tcl.checkpoint import CheckpointError
-    from tcl.config import ConfigError
-    from tcl.data.stream import StreamError
-    from tcl.model import WeightsError
-    from tcl.train.trainer import TrainingError, train
+    from tcl.atomic import remove_stale_temporaries
+    from tcl.train.trainer import train
 
-    try:
+    def work() -> int:
         params = parser.load_params(args)
         check_inputs(params, args)  # everything that can fail before training, before an output exists
         if os.environ.get("RANK", "0") == "0":  # the one writer: temporaries of a write killed earlier
@@ -57,24 +50,19 @@ def main(argv: list[str] | None = None) -> int:
                 remove_stale_temporaries(folder)
         summary = train(params, args.clip, args.out, resume=args.resume, metrics_dir=args.metrics,
                         track=not args.no_tracking)
-    except (ConfigError, CheckpointError, StreamError, WeightsError, TrainingError) as err:
-        print(f"{PROG}: error: {err}", file=sys.stderr)
-        return 2
-    except DiskFullError as err:  # no traceback; the checkpoint before the failed write is intact: say so
+        if summary["stopped_early"]:  # not finished: DVC must not record this as the stage's output
+            print(f"{PROG}: error: stopped at step {summary['step']} of {params.train.steps}; rerun to resume "
+                  f"from {args.out / 'latest.pt'}", file=sys.stderr)
+            return 143
+        if os.environ.get("RANK", "0") == "0":
+            print(f"{PROG}: done at step {summary['step']}: {args.out}")
+        return 0
+
+    def resumable() -> str:  # the checkpoint before the failed write is intact: say so
         latest = args.out / "latest.pt"
-        kept = f"; {latest} holds the last checkpoint and this command resumes from it" if latest.is_file() else ""
-        print(f"{PROG}: error: {err.reason} writing {err.filename} ({err.fix}{kept})", file=sys.stderr)
-        return 1
-    except OSError as err:
-        print(f"{PROG}: error: {err.strerror or err} ({err.filename or 'I/O'})", file=sys.stderr)
-        return 2
-    if summary["stopped_early"]:  # not finished: DVC must not record this as the stage's output
-        print(f"{PROG}: error: stopped at step {summary['step']} of {params.train.steps}; rerun to resume "
-              f"from {args.out / 'latest.pt'}", file=sys.stderr)
-        return 143
-    if os.environ.get("RANK", "0") == "0":
-        print(f"{PROG}: done at step {summary['step']}: {args.out}")
-    return 0
+        return f"{latest} holds the last checkpoint and this command resumes from it" if latest.is_file() else ""
+
+    return run_stage(PROG, work, after_disk_full=resumable)
 
 
 def check_inputs(params, args) -> None:

@@ -1,11 +1,19 @@
 """TCL: open-world semantic segmentation learned from image-text pairs (Cha et al., CVPR 2023).
 
-The library behind the pipeline: model (``tcl.model``), official-checkpoint compatibility
-(``tcl.compat``) and, in later modules, data, training and evaluation. It imports without DVC,
-Prefect or MLflow.
+The library behind the pipeline: configuration (``tcl.config``), training (``tcl.train``), evaluation
+(``tcl.eval``), serving (``tcl.serving``), inference (``tcl.inference``), data (``tcl.data``), the model
+(``tcl.model``) and the runtime below them. It never imports DVC or Prefect (orchestration lives in
+``pipelines/`` and ``stages/``); packages import their modules on first use.
 """
 
-from .model import TCL, TCLConfig, create_clip, create_tcl
+from ._exports import lazy_exports
 
-__all__ = ["TCL", "TCLConfig", "create_clip", "create_tcl"]
+_WHERE = {
+    "TCL": "model",
+    "TCLConfig": "model",
+    "create_clip": "model",
+    "create_tcl": "model",
+}
+__all__ = list(_WHERE)
 __version__ = "0.1.0"
+__getattr__ = lazy_exports(__name__, _WHERE)

@@ -1,4 +1,7 @@
-"""Training checkpoints: what they hold, how they are written, and loading a model from one.
+"""Model file I/O: training checkpoints, the saved CLIP, and loading a model from either.
+
+The one module that writes or reads model files (the CLIP weights a config names are read by
+:func:`tcl.model.factory.read_weights`, as open_clip's factory reads its own).
 
 A checkpoint holds only what training changes — the masker and the two loss temperatures, not the
 frozen CLIP (docs/deviations.md, *Checkpoint contents*) — plus the optimizer, the gradient scaler,
@@ -14,21 +17,26 @@ checkpoint stays, the temporary file is removed).
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
-from .atomic import atomic_path
+from .atomic import atomic_path, write_json_atomic
 from .model import TCL, TCLConfig, WeightsError, create_clip
 from .serialization import LoadError, safe_load
 
 __all__ = ["CheckpointError", "FORMAT", "CLIP_SEARCH_LEVELS", "trainable_state", "save_checkpoint", "read_checkpoint",
-           "load_trainable_state", "model_from_checkpoint", "load_model"]
+           "load_trainable_state", "model_from_checkpoint", "load_model", "save_clip", "load_saved_clip",
+           "CLIP_WEIGHTS", "CLIP_CONFIG"]
 
 FORMAT = "tcl-training-checkpoint/1"
 _FROZEN_PREFIX = "clip."
+CLIP_WEIGHTS = "clip.pt"  # the prepare_clip stage's output folder: open_clip state dict ...
+CLIP_CONFIG = "clip.json"  # ... and the config it was built from
 
 
 class CheckpointError(LoadError):
@@ -208,3 +216,19 @@ def load_model(path: str | os.PathLike, clip_weights: str | os.PathLike | None =
         return official_model_from_state(payload, clip_weights, source=str(path)).to(map_location)
     except WeightsError as err:
         raise CheckpointError(str(err)) from None
+
+
+def save_clip(directory: str | os.PathLike, clip: nn.Module, model: str | dict) -> Path:
+    """Write ``clip.pt`` (an open_clip state dict) and ``clip.json`` (the config) atomically."""
+    directory = Path(directory)
+    with atomic_path(directory / CLIP_WEIGHTS) as tmp:
+        torch.save({k: v.detach().cpu() for k, v in clip.state_dict().items()}, tmp)
+    write_json_atomic(directory / CLIP_CONFIG, {"model": model})
+    return directory
+
+
+def load_saved_clip(directory: str | os.PathLike) -> nn.Module:
+    """The CLIP that :func:`save_clip` wrote (weights-only loading), in eval mode."""
+    directory = Path(directory)
+    model = json.loads((directory / CLIP_CONFIG).read_text())["model"]
+    return create_clip(model, directory / CLIP_WEIGHTS)

@@ -21,7 +21,7 @@ import yaml
 
 from .data.stream import AUGMENTATIONS, StreamConfig
 from .data.synthetic import SyntheticParams
-from .errors import TCLError
+from .errors import ConfigError
 from .eval.benchmarks import BENCHMARKS
 from .eval.config import PRECISIONS as EVAL_PRECISIONS
 from .eval.config import SETTINGS as EVAL_SETTINGS
@@ -29,8 +29,8 @@ from .eval.config import EvalConfig
 from .model.tcl import TCLConfig
 from .model.templates import TEMPLATES
 from .pipeline.config import DownloadConfig, PipelineConfig
+from .runtime import PRECISIONS
 from .train.clip_pretraining import ClipPretrainConfig
-from .train.runtime import PRECISIONS
 from .train.trainer import TrainConfig
 
 __all__ = ["ConfigError", "ClipSettings", "Params", "load_params", "read_params_file", "read_yaml_file", "from_dict",
@@ -39,10 +39,6 @@ __all__ = ["ConfigError", "ClipSettings", "Params", "load_params", "read_params_
 
 #: A float written with an exponent but no dot (``1e-05``): YAML 1.2 and Hydra read a number, PyYAML a string.
 FLOAT_EXPONENT = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+$")
-
-
-class ConfigError(TCLError, ValueError):
-    """A parameter file is missing, malformed, or holds an invalid value."""
 
 
 @dataclass(frozen=True)
@@ -347,5 +343,5 @@ def params_from_file(data: dict, path: str | os.PathLike) -> Params:
 
 
 def load_params(path: str | os.PathLike = "params.yaml") -> Params:
-    """Read and validate a parameter file (with overrides: :func:`tcl.pipeline.overrides.validate_overrides`)."""
+    """Read and validate a parameter file (with overrides: :func:`pipelines.overrides.validate_overrides`)."""
     return params_from_file(read_params_file(path), path)

@@ -3,7 +3,7 @@
 Every stage validates its parameters (:mod:`tcl.config`), then these checks, and only then creates
 its output folders: a run that would fail on a missing shard folder, evaluation set, CLIP or output
 location fails in one line naming the key (and writes nothing) instead of after minutes of work.
-Each check raises :class:`tcl.config.ConfigError`; :func:`tcl.pipeline.inputs.missing_inputs`
+Each check raises :class:`tcl.config.ConfigError`; :func:`pipelines.inputs.missing_inputs`
 collects them for the whole pipeline.
 """
 
@@ -76,7 +76,7 @@ def check_saved_clip(clip_dir: str | os.PathLike, model: str | dict) -> None:
     A ``clip.model`` other than the one the saved CLIP was built from would train (the CLIP is read
     from ``clip.json``) into a checkpoint recording the wrong config, which can never be loaded.
     """
-    from .train.clip_pretraining import CLIP_CONFIG, CLIP_WEIGHTS
+    from .checkpoint import CLIP_CONFIG, CLIP_WEIGHTS
 
     clip_dir = Path(clip_dir)
     for name in (CLIP_CONFIG, CLIP_WEIGHTS):

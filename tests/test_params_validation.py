@@ -141,8 +141,8 @@ SUBPROCESS = {12, 17, 28, 31, 34}
 @pytest.fixture(scope="module")
 def project(tmp_path_factory) -> Path:
     """A valid small project for params.yaml's stages, and the base parameter text pointing at it."""
+    from tcl.checkpoint import save_clip
     from tcl.model import create_clip
-    from tcl.train.clip_pretraining import save_clip
 
     root = tmp_path_factory.mktemp("project")
     clip_model = project_params()["clip"]["model"]

@@ -81,12 +81,11 @@ def _pyfunc_with(payload: Path, saved: Path, folder: Path) -> Path:
 
 
 def _entry_points():
-    from tcl.checkpoint import load_model, read_checkpoint
+    from tcl.checkpoint import load_model, load_saved_clip, read_checkpoint
     from tcl.compat import load_official_checkpoint
     from tcl.inference import load_inference_model
     from tcl.model import create_clip, read_weights
     from tcl.serving.pyfunc import save_segmentation_model
-    from tcl.train.clip_pretraining import load_saved_clip
 
     def pyfunc_load_context(payload, tiny, folder, saved):
         import mlflow

@@ -1,6 +1,11 @@
 """Compatibility with the official TCL release and with mmcv-lite."""
 
-from .mmcv_ops import ensure_mmseg_importable
-from .official import export_official_state_dict, load_official_checkpoint
+from .._exports import lazy_exports
 
-__all__ = ["load_official_checkpoint", "export_official_state_dict", "ensure_mmseg_importable"]
+_WHERE = {
+    "load_official_checkpoint": "official",
+    "export_official_state_dict": "official",
+    "ensure_mmseg_importable": "mmcv_ops",
+}
+__all__ = list(_WHERE)
+__getattr__ = lazy_exports(__name__, _WHERE)

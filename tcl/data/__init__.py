@@ -1,13 +1,21 @@
 """Data preparation and loading: URL lists → shards, the training stream, benchmark conversions, and
 the built-in synthetic world."""
 
-from .coco_object import COCO_OBJECT_LUT, convert_coco_object, convert_label_map
-from .download import download_shards
-from .stream import ShardSource, StreamConfig, StreamState, TrainingStream, build_loader
-from .url_lists import DownloadError, read_url_list, serve_directory
+from .._exports import lazy_exports
 
-__all__ = [
-    "COCO_OBJECT_LUT", "convert_coco_object", "convert_label_map",
-    "DownloadError", "download_shards", "read_url_list", "serve_directory",
-    "ShardSource", "StreamConfig", "StreamState", "TrainingStream", "build_loader",
-]
+_WHERE = {
+    "COCO_OBJECT_LUT": "coco_object",
+    "convert_coco_object": "coco_object",
+    "convert_label_map": "coco_object",
+    "DownloadError": "url_lists",
+    "download_shards": "download",
+    "read_url_list": "url_lists",
+    "serve_directory": "url_lists",
+    "ShardSource": "stream",
+    "StreamConfig": "stream",
+    "StreamState": "stream",
+    "TrainingStream": "stream",
+    "build_loader": "stream",
+}
+__all__ = list(_WHERE)
+__getattr__ = lazy_exports(__name__, _WHERE)

@@ -2,17 +2,28 @@
 
 ``BENCHMARKS`` / :func:`get_benchmark`: the registry; :class:`EvalConfig`: the ``evaluate:`` section
 of ``params.yaml``; :func:`evaluate_benchmark`: one benchmark → mIoU, aAcc and per-class IoU;
-:func:`sliding_window_scores`: the protocol's sliding-window inference; :func:`sweep_bg_thresh`:
+the sliding-window inference it uses is :mod:`tcl.inference.sliding`; :func:`sweep_bg_thresh`:
 pick the background threshold on a training split. mmseg is imported only when data is loaded.
 """
 
-from .benchmarks import BENCHMARKS, PREPARE_URL, Benchmark, UnknownBenchmarkError, get_benchmark
-from .config import PRECISIONS, SETTINGS, DataRoots, EvalConfig, Protocol, Protocols, Settings
-from .datasets import EvalDataError
-from .evaluate import evaluate_benchmark, sweep_bg_thresh
-from .sliding import sliding_window_scores, sliding_window_scores_many, window_starts
+from .._exports import lazy_exports
 
-__all__ = ["BENCHMARKS", "PREPARE_URL", "Benchmark", "UnknownBenchmarkError", "get_benchmark", "EvalConfig",
-           "Protocol", "Protocols", "DataRoots", "Settings", "SETTINGS", "PRECISIONS", "EvalDataError",
-           "evaluate_benchmark", "sweep_bg_thresh", "sliding_window_scores", "sliding_window_scores_many",
-           "window_starts"]
+_WHERE = {
+    "BENCHMARKS": "benchmarks",
+    "PREPARE_URL": "benchmarks",
+    "Benchmark": "benchmarks",
+    "UnknownBenchmarkError": "benchmarks",
+    "get_benchmark": "benchmarks",
+    "EvalConfig": "config",
+    "Protocol": "config",
+    "Protocols": "config",
+    "DataRoots": "config",
+    "Settings": "config",
+    "SETTINGS": "config",
+    "PRECISIONS": "config",
+    "EvalDataError": "datasets",
+    "evaluate_benchmark": "evaluate",
+    "sweep_bg_thresh": "evaluate",
+}
+__all__ = list(_WHERE)
+__getattr__ = lazy_exports(__name__, _WHERE)

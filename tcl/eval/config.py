@@ -12,9 +12,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-__all__ = ["Protocol", "Protocols", "DataRoots", "EvalConfig", "Settings", "SETTINGS", "PRECISIONS"]
+__all__ = ["Protocol", "Protocols", "DataRoots", "EvalConfig", "Settings", "SETTINGS", "PRECISIONS", "BASELINES"]
 
 PRECISIONS = ("fp32", "bf16", "fp16")
+#: Reference models scored next to the trained TCL on every benchmark: the same model at step 0
+#: (the MaskCLIP-style baseline, as the decoder gates start at 0) and the frozen CLIP's own dense features.
+BASELINES = ("step0", "maskclip")
 
 
 @dataclass(frozen=True)

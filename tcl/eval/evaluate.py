@@ -3,7 +3,7 @@
 Per benchmark: mmseg's dataset and test pipeline (:mod:`.datasets`), class-name text embeddings
 computed once, images decoded and resized by data-loader workers, the sliding windows of several
 images batched through the model (:mod:`.sliding`), a constant background channel where the dataset
-has background, the bilinear resize to the original size and arg-max (:func:`tcl.segment.labels_at`),
+has background, the bilinear resize to the original size and arg-max (:func:`tcl.inference.segment.labels_at`),
 and mmseg's ``IoUMetric`` (:mod:`.metric`). Under ``torch.distributed`` every rank takes every
 world-size-th image and the area totals are all-reduced, so all ranks return the dataset's numbers.
 """
@@ -20,15 +20,15 @@ import torch.distributed as dist
 from PIL import Image
 from torch.utils.data import DataLoader
 
-from ..distributed import get_rank, get_world_size, is_distributed
-from ..segment import labels_at, with_background
+from ..inference.segment import labels_at, with_background
+from ..inference.sliding import sliding_window_scores_many
+from ..runtime import get_rank, get_world_size, is_distributed
 from ..visualize import save_atomic
 from .benchmarks import Benchmark, get_benchmark
 from .config import EvalConfig, Protocol
 from .datasets import EvalDataError, EvalSamples, build_dataset, class_names
 from .metric import AreaTotals
 from .overlays import comparison_panel
-from .sliding import sliding_window_scores_many
 
 __all__ = ["evaluate_benchmark", "sweep_bg_thresh"]
 

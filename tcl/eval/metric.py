@@ -18,7 +18,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from ..distributed import is_distributed
+from ..runtime import is_distributed
 
 __all__ = ["AreaTotals"]
 

@@ -1,21 +1,24 @@
 """Inference on your own images: inputs (files, folders, URLs, phrases), the shared predictor, outputs."""
 
-from .inputs import (
-    DEFAULT_MAX_BYTES,
-    DEFAULT_MAX_PIXELS,
-    ImageSource,
-    InputError,
-    TooLargeError,
-    decode_base64_image,
-    decode_image,
-    fetch_url,
-    parse_phrases,
-    resolve_sources,
-)
-from .predictor import PredictOptions, Predictor, label_image, load_inference_model, overlay_image, write_outputs
+from .._exports import lazy_exports
 
-__all__ = [
-    "InputError", "TooLargeError", "DEFAULT_MAX_PIXELS", "DEFAULT_MAX_BYTES", "ImageSource", "parse_phrases",
-    "decode_image", "decode_base64_image", "fetch_url", "resolve_sources", "PredictOptions", "Predictor",
-    "load_inference_model", "overlay_image", "label_image", "write_outputs",
-]
+_WHERE = {
+    "InputError": "inputs",
+    "TooLargeError": "inputs",
+    "DEFAULT_MAX_PIXELS": "inputs",
+    "DEFAULT_MAX_BYTES": "inputs",
+    "ImageSource": "inputs",
+    "parse_phrases": "inputs",
+    "decode_image": "inputs",
+    "decode_base64_image": "inputs",
+    "fetch_url": "inputs",
+    "resolve_sources": "inputs",
+    "PredictOptions": "predictor",
+    "Predictor": "predictor",
+    "load_inference_model": "predictor",
+    "overlay_image": "predictor",
+    "label_image": "predictor",
+    "write_outputs": "predictor",
+}
+__all__ = list(_WHERE)
+__getattr__ = lazy_exports(__name__, _WHERE)

@@ -2,7 +2,7 @@
 
 :class:`Predictor` is what ``tcl predict``, the MLflow model and the web demo share: it encodes each
 phrase list once (:meth:`tcl.TCL.build_text_embedding`, the expensive text tower) and reuses it for
-every image, then runs :func:`tcl.segment.segment_image` (whole image, or the benchmark's sliding
+every image, then runs :func:`tcl.inference.segment.segment_image` (whole image, or the benchmark's sliding
 windows). Defaults are the paper's evaluation settings (kakaobrain/tcl bc2b551 configs/eval.yml: PAMR on, background
 threshold 0.4, KP weight 0.3, template ``custom``).
 """
@@ -22,9 +22,9 @@ from PIL import Image
 from ..atomic import write_json_atomic
 from ..model import TCL
 from ..model.templates import get_templates
-from ..segment import Segmentation, SlidingWindow, segment_image
 from ..visualize import overlay_with_legend, palette, save_atomic
 from .inputs import DEFAULT_MAX_PIXELS, InputError, parse_phrases
+from .segment import Segmentation, SlidingWindow, segment_image
 
 __all__ = ["PredictOptions", "Predictor", "load_inference_model", "overlay_image", "label_image",
            "write_outputs"]

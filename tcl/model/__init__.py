@@ -1,13 +1,23 @@
 """TCL model components on open_clip."""
 
-from .factory import OPENAI_VIT_B16, WeightsError, create_clip, create_tcl, read_weights
-from .masker import Masker, Sim2Mask, gumbel_sigmoid
-from .pamr import pamr
-from .tcl import IMAGENET_MEAN, IMAGENET_STD, TCL, TCLConfig
-from .templates import TEMPLATES, get_templates
+from .._exports import lazy_exports
 
-__all__ = [
-    "TCL", "TCLConfig", "create_tcl", "create_clip", "read_weights", "WeightsError", "OPENAI_VIT_B16",
-    "Masker", "Sim2Mask", "gumbel_sigmoid", "pamr", "TEMPLATES", "get_templates",
-    "IMAGENET_MEAN", "IMAGENET_STD",
-]
+_WHERE = {
+    "TCL": "tcl",
+    "TCLConfig": "tcl",
+    "create_tcl": "factory",
+    "create_clip": "factory",
+    "read_weights": "factory",
+    "WeightsError": "factory",
+    "OPENAI_VIT_B16": "factory",
+    "Masker": "masker",
+    "Sim2Mask": "masker",
+    "gumbel_sigmoid": "masker",
+    "pamr": "pamr",
+    "TEMPLATES": "templates",
+    "get_templates": "templates",
+    "IMAGENET_MEAN": "tcl",
+    "IMAGENET_STD": "tcl",
+}
+__all__ = list(_WHERE)
+__getattr__ = lazy_exports(__name__, _WHERE)

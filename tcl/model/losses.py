@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..distributed import gather_cat, get_rank
+from ..runtime import gather_cat, get_rank
 from .masker import l2_normalize
 
 __all__ = [

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..distributed import gather_cat, get_rank, get_world_size
+from ..runtime import gather_cat, get_rank, get_world_size
 from .clip_towers import (
     PositionalEmbeddingCache,
     embed_patches,

@@ -11,12 +11,10 @@ import re
 from dataclasses import dataclass, field, fields
 
 from ..data.download import DISTRIBUTORS, ENCODE_FORMATS, RESIZE_MODES
+from ..eval.config import BASELINES
 
-__all__ = ["DownloadSource", "DownloadConfig", "CocoObjectConversion", "PipelineConfig", "BASELINES"]
+__all__ = ["DownloadSource", "DownloadConfig", "CocoObjectConversion", "PipelineConfig"]
 
-#: Reference models scored next to the trained TCL on every benchmark: the same model at step 0
-#: (the MaskCLIP-style baseline, as the decoder gates start at 0) and the frozen CLIP's own dense features.
-BASELINES = ("step0", "maskclip")
 _NAME = re.compile(r"^[A-Za-z0-9_-]+$")
 
 

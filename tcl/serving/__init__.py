@@ -3,9 +3,7 @@
 Submodules are imported on first use, so the web demo does not import MLflow.
 """
 
-from __future__ import annotations
-
-import importlib
+from .._exports import lazy_exports
 
 _WHERE = {
     "TCLSegmentationModel": "pyfunc",
@@ -19,9 +17,4 @@ _WHERE = {
     "serve_demo": "demo",
 }
 __all__ = list(_WHERE)
-
-
-def __getattr__(name: str):
-    if name in _WHERE:
-        return getattr(importlib.import_module(f".{_WHERE[name]}", __name__), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_exports(__name__, _WHERE)

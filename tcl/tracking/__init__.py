@@ -10,22 +10,23 @@ closed as FAILED by the next start in its experiment on that host (``owner``). M
 imported only when a run is started.
 """
 
-from .context import (
-                      PARENT_RUN_ENV,
-                      PREFECT_FLOW_RUN_ENV,
-                      RUN_LABEL_TAG,
-                      RUN_NAME_TAG,
-                      STAGE_ENV,
-                      default_tracking_uri,
-                      find_project_root,
-                      resolve_tracking_uri,
-                      run_label,
-                      run_tags,
-)
-from .registry import register_model
-from .tracker import RunTracker, TrackingWarning
-from .values import flatten_params
+from .._exports import lazy_exports
 
-__all__ = ["RunTracker", "TrackingWarning", "run_tags", "default_tracking_uri", "resolve_tracking_uri",
-           "find_project_root", "register_model", "flatten_params", "PARENT_RUN_ENV", "PREFECT_FLOW_RUN_ENV",
-           "STAGE_ENV", "RUN_NAME_TAG", "RUN_LABEL_TAG", "run_label"]
+_WHERE = {
+    "RunTracker": "tracker",
+    "TrackingWarning": "tracker",
+    "run_tags": "context",
+    "default_tracking_uri": "context",
+    "resolve_tracking_uri": "context",
+    "find_project_root": "context",
+    "register_model": "registry",
+    "flatten_params": "values",
+    "PARENT_RUN_ENV": "context",
+    "PREFECT_FLOW_RUN_ENV": "context",
+    "STAGE_ENV": "context",
+    "RUN_NAME_TAG": "context",
+    "RUN_LABEL_TAG": "context",
+    "run_label": "context",
+}
+__all__ = list(_WHERE)
+__getattr__ = lazy_exports(__name__, _WHERE)

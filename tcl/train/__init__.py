@@ -1,5 +1,12 @@
 """Training: optimisation recipe (and, in later modules, the training loop and checkpoints)."""
 
-from .optim import build_optimizer, learning_rate_at, parameter_groups, scaled_learning_rates
+from .._exports import lazy_exports
 
-__all__ = ["build_optimizer", "learning_rate_at", "parameter_groups", "scaled_learning_rates"]
+_WHERE = {
+    "build_optimizer": "optim",
+    "learning_rate_at": "optim",
+    "parameter_groups": "optim",
+    "scaled_learning_rates": "optim",
+}
+__all__ = list(_WHERE)
+__getattr__ = lazy_exports(__name__, _WHERE)

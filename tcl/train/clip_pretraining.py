@@ -8,25 +8,17 @@ the logit scale clamped at 100 as in CLIP.
 
 from __future__ import annotations
 
-import json
 import math
-import os
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 from torch import nn
 
-from ..atomic import atomic_path, write_json_atomic
-from ..model.factory import create_clip
 from .optim import learning_rate_at, parameter_groups
 
-__all__ = ["ClipPretrainConfig", "pretrain_clip", "save_clip", "load_saved_clip", "CLIP_WEIGHTS", "CLIP_CONFIG"]
-
-CLIP_WEIGHTS = "clip.pt"
-CLIP_CONFIG = "clip.json"
+__all__ = ["ClipPretrainConfig", "pretrain_clip"]
 
 
 @dataclass(frozen=True)
@@ -81,19 +73,3 @@ def pretrain_clip(clip: nn.Module, batches: Iterator[dict], config: ClipPretrain
                 on_log(record)
     clip.eval()
     return {**record, "seconds": round(time.perf_counter() - start, 1)}
-
-
-def save_clip(directory: str | os.PathLike, clip: nn.Module, model: str | dict) -> Path:
-    """Write ``clip.pt`` (an open_clip state dict) and ``clip.json`` (the config) atomically."""
-    directory = Path(directory)
-    with atomic_path(directory / CLIP_WEIGHTS) as tmp:
-        torch.save({k: v.detach().cpu() for k, v in clip.state_dict().items()}, tmp)
-    write_json_atomic(directory / CLIP_CONFIG, {"model": model})
-    return directory
-
-
-def load_saved_clip(directory: str | os.PathLike) -> nn.Module:
-    """The CLIP that :func:`save_clip` wrote (weights-only loading), in eval mode."""
-    directory = Path(directory)
-    model = json.loads((directory / CLIP_CONFIG).read_text())["model"]
-    return create_clip(model, directory / CLIP_WEIGHTS)

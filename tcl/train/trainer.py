@@ -31,14 +31,20 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from ..atomic import write_json_atomic
-from ..checkpoint import CheckpointError, load_trainable_state, read_checkpoint, save_checkpoint
+from ..checkpoint import (
+    CLIP_WEIGHTS,
+    CheckpointError,
+    load_saved_clip,
+    load_trainable_state,
+    read_checkpoint,
+    save_checkpoint,
+)
 from ..data.stream import StreamError, StreamState, TrainingStream, build_loader
 from ..errors import TCLError
 from ..model import TCL
-from .clip_pretraining import CLIP_WEIGHTS, load_saved_clip
+from ..runtime import Runtime, autocast, make_grad_scaler, resolve_precision, start_runtime
 from .optim import build_optimizer, learning_rate_at, scaled_learning_rates
 from .progress import CurveFile, Meters, format_log_line, mask_preview
-from .runtime import Runtime, autocast, make_grad_scaler, resolve_precision, start_runtime
 
 if TYPE_CHECKING:
     from ..config import Params

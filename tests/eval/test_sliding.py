@@ -6,8 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tcl.eval.sliding import sliding_window_scores, sliding_window_scores_many, window_boxes, window_starts
-from tcl.segment import labels_at, with_background
+from tcl.inference.segment import labels_at, with_background
+from tcl.inference.sliding import sliding_window_scores, sliding_window_scores_many, window_boxes, window_starts
 
 
 @pytest.mark.parametrize(("length", "crop", "stride", "starts"), [

@@ -15,8 +15,7 @@ from tests.conftest import TINY_CLIP
 def write_tiny_checkpoint(folder: Path, ie_freeze: int = 2) -> Path:
     """A step-0 training checkpoint of a tiny TCL (CLIP weights in ``folder/clip``), via the real save path."""
     from tcl import TCLConfig, create_tcl
-    from tcl.checkpoint import save_checkpoint
-    from tcl.train.clip_pretraining import save_clip
+    from tcl.checkpoint import save_checkpoint, save_clip
 
     torch.manual_seed(0)
     model = create_tcl(dict(TINY_CLIP), config=TCLConfig(ie_freeze=ie_freeze))

@@ -18,8 +18,7 @@ from tests.inference.conftest import scene
 def _project_checkpoint(root: Path) -> tuple[Path, torch.nn.Module]:
     """``root/models/tcl/best.pt`` naming its CLIP as ``models/clip/clip.pt``, as training in ``root`` writes it."""
     from tcl import TCLConfig, create_tcl
-    from tcl.checkpoint import save_checkpoint
-    from tcl.train.clip_pretraining import save_clip
+    from tcl.checkpoint import save_checkpoint, save_clip
 
     torch.manual_seed(0)
     model = create_tcl(dict(TINY_CLIP), config=TCLConfig(ie_freeze=2))

@@ -59,7 +59,7 @@ def copy_project(dest: Path) -> Path:
 
 
 def run_python(args: list[str], cwd: Path, env: dict | None = None, timeout: float = 600):
-    from tcl.pipeline.dvc_cli import tool_env
+    from pipelines.dvc_cli import tool_env
 
     return subprocess.run([sys.executable, *args], cwd=cwd, env=tool_env(env), capture_output=True, text=True,
                           timeout=timeout)

@@ -15,7 +15,7 @@ import time
 import pytest
 import yaml
 
-from tcl.pipeline import dvc_cli
+from pipelines import dvc_cli
 
 from .conftest import REPO, TINY, copy_project, init_repo, run_python
 
@@ -166,7 +166,7 @@ def test_a_flow_run_takes_the_workspace_lock_of_make_run(scratch):
     import os
 
     from pipelines.flow import tcl_pipeline
-    from tcl.pipeline.lock import WorkspaceLock
+    from pipelines.lock import WorkspaceLock
 
     before = (scratch / "params.yaml").read_text()
     with WorkspaceLock.acquire(scratch, "python -m pipelines.run -S prepare_clip.steps=3"):

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from tcl.pipeline import dvc_cli
+from pipelines import dvc_cli
 
 from .conftest import TINY, copy_project, run_python
 

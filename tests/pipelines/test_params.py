@@ -7,8 +7,7 @@ import shutil
 import pytest
 import yaml
 
-from tcl.config import ConfigError, load_params
-from tcl.pipeline.overrides import (
+from pipelines.overrides import (
     apply_overrides,
     load_overrides_file,
     parse_overrides,
@@ -16,6 +15,7 @@ from tcl.pipeline.overrides import (
     validate_overrides,
     write_overrides,
 )
+from tcl.config import ConfigError, load_params
 
 from .conftest import REPO
 

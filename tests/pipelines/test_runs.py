@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tcl.pipeline.runs import PipelineRun, benchmark_table
+from pipelines.parent_run import PipelineRun, benchmark_table
 from tcl.tracking import PARENT_RUN_ENV, RUN_NAME_TAG, RunTracker
 
 REPORT = {"rows": [{"benchmark": "synthetic_voc", "miou": 41.5, "miou_step0": 12.0, "aacc": 80.0, "kp_w": 0.3,
@@ -183,7 +183,7 @@ def test_mlflow_ui_serves_the_embedded_store_and_its_artifacts(tmp_path, monkeyp
 def test_stages_without_their_own_run_log_one_only_under_a_pipeline(tmp_path, monkeypatch):
     from mlflow.tracking import MlflowClient
 
-    from tcl.pipeline.runs import stage_run
+    from pipelines.parent_run import stage_run
 
     for name in ("MLFLOW_TRACKING_URI", "MLFLOW_EXPERIMENT_NAME", PARENT_RUN_ENV):
         monkeypatch.delenv(name, raising=False)

@@ -20,9 +20,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tcl.pipeline.dvc_cli import tool_env
-from tcl.pipeline.guard import descendants
-from tcl.pipeline.lock import LOCK_FILE, WorkspaceBusy, WorkspaceLock
+from pipelines.dvc_cli import tool_env
+from pipelines.guard import descendants
+from pipelines.lock import LOCK_FILE, WorkspaceBusy, WorkspaceLock
 
 from .conftest import REPO, init_repo
 

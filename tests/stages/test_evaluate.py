@@ -31,8 +31,8 @@ def _stage(name: str):
 @pytest.fixture(scope="module")
 def project(tmp_path_factory):
     """A project folder: params.yaml for the tiny CLIP, models/clip, and VOC-layout data."""
+    from tcl.checkpoint import save_clip
     from tcl.model import create_clip
-    from tcl.train.clip_pretraining import save_clip
 
     root = tmp_path_factory.mktemp("project")
     torch.manual_seed(0)

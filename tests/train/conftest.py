@@ -33,8 +33,8 @@ def write_params(path: Path, params: dict) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_clip_dir(tmp_path_factory) -> Path:
+    from tcl.checkpoint import save_clip
     from tcl.model import create_clip
-    from tcl.train.clip_pretraining import save_clip
 
     torch.manual_seed(0)
     folder = tmp_path_factory.mktemp("clip")

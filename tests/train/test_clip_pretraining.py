@@ -8,8 +8,9 @@ from pathlib import Path
 
 import torch
 
+from tcl.checkpoint import load_saved_clip, save_clip
 from tcl.model import create_clip
-from tcl.train.clip_pretraining import ClipPretrainConfig, load_saved_clip, pretrain_clip, save_clip
+from tcl.train.clip_pretraining import ClipPretrainConfig, pretrain_clip
 from tests.data.test_stream import write_shards
 
 REPO = Path(__file__).resolve().parents[2]

@@ -51,14 +51,18 @@ def test_stale_temporaries_of_a_killed_write_are_removed_and_nothing_else(tmp_pa
 
 
 def test_any_stage_reports_a_full_disk_in_one_line(tmp_path):
-    """The StageParser hook: an uncaught DiskFullError from an atomic write, in a stage without its own handler."""
+    """run_stage: a DiskFullError from an atomic write anywhere in a stage's work is one line, exit 1."""
     target = tmp_path / "result.json"
     script = textwrap.dedent(f"""
         from tcl.atomic import atomic_path
-        from tcl.stage_parser import StageParser
-        StageParser("demo", "a stage").parse_args([])
-        with atomic_path({str(target)!r}):
-            open("/dev/full", "wb", buffering=0).write(b"x")
+        import sys
+        from stages.common import run_stage
+
+        def work():
+            with atomic_path({str(target)!r}):
+                open("/dev/full", "wb", buffering=0).write(b"x")
+
+        sys.exit(run_stage("demo", work))
     """)
     done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=stage_env(), capture_output=True, text=True,
                           timeout=120)

@@ -36,26 +36,33 @@ output layout, :func:`generate_synthetic` and :func:`measure_throughput`); :mod:
 :class:`SyntheticError`.
 """
 
-from .benchmarks import VOC_BOUNDARY, BenchmarkIds, benchmark_ids, coco_stuff_label_maps, voc_label_map
-from .errors import SyntheticError
-from .generate import (
-    COCO_STUFF_DIR,
-    CORPUS_DIR,
-    GENERATOR_VERSION,
-    MANIFEST_FILE,
-    PAIRS_FILE,
-    STREAMS,
-    VOC_DIR,
-    SyntheticParams,
-    generate_synthetic,
-    measure_throughput,
-)
-from .render import Scene, render_scene
-from .vocabulary import KIND_NAMES, OBJECT_KINDS, STUFF_KINDS, STUFF_NAMES, ObjectKind, StuffKind
+from ..._exports import lazy_exports
 
-__all__ = [
-    "GENERATOR_VERSION", "ObjectKind", "StuffKind", "OBJECT_KINDS", "STUFF_KINDS", "KIND_NAMES", "STUFF_NAMES",
-    "Scene", "SyntheticParams", "SyntheticError", "BenchmarkIds", "benchmark_ids", "render_scene",
-    "voc_label_map", "coco_stuff_label_maps", "generate_synthetic", "measure_throughput",
-    "CORPUS_DIR", "PAIRS_FILE", "MANIFEST_FILE", "VOC_DIR", "COCO_STUFF_DIR", "STREAMS", "VOC_BOUNDARY",
-]
+_WHERE = {
+    "GENERATOR_VERSION": "generate",
+    "ObjectKind": "vocabulary",
+    "StuffKind": "vocabulary",
+    "OBJECT_KINDS": "vocabulary",
+    "STUFF_KINDS": "vocabulary",
+    "KIND_NAMES": "vocabulary",
+    "STUFF_NAMES": "vocabulary",
+    "Scene": "render",
+    "SyntheticParams": "generate",
+    "SyntheticError": "errors",
+    "BenchmarkIds": "benchmarks",
+    "benchmark_ids": "benchmarks",
+    "render_scene": "render",
+    "voc_label_map": "benchmarks",
+    "coco_stuff_label_maps": "benchmarks",
+    "generate_synthetic": "generate",
+    "measure_throughput": "generate",
+    "CORPUS_DIR": "generate",
+    "PAIRS_FILE": "generate",
+    "MANIFEST_FILE": "generate",
+    "VOC_DIR": "generate",
+    "COCO_STUFF_DIR": "generate",
+    "STREAMS": "generate",
+    "VOC_BOUNDARY": "benchmarks",
+}
+__all__ = list(_WHERE)
+__getattr__ = lazy_exports(__name__, _WHERE)

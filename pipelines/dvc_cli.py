@@ -3,7 +3,7 @@
 Every orchestrator here (``make run``, the Prefect flow) goes through ``dvc repro``, so DVC alone
 decides what is up to date and ``dvc.lock`` stays the record of what ran. Commands run with the
 project's interpreter first on ``PATH`` (stage commands say ``python`` and ``torchrun``) in their
-own process group, under :mod:`tcl.pipeline.guard`, so a stopped orchestrator stops the whole tree:
+own process group, under :mod:`pipelines.guard`, so a stopped orchestrator stops the whole tree:
 interrupted (Ctrl-C, SIGTERM, SIGHUP, a cancelled flow run), it SIGTERMs the guard, which stops DVC,
 the stage and torchrun's workers (training writes its checkpoint), then SIGKILLs what is left after
 the grace period; killed outright (SIGKILL), the guard notices its parent's death
@@ -26,7 +26,7 @@ import threading
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
-from ..errors import TCLError
+from tcl.errors import TCLError
 
 __all__ = ["STOP_GRACE", "DvcError", "tool_env", "dvc_command", "run_streamed", "run_dvc", "repro", "stage_names",
            "stale_stages"]
@@ -45,7 +45,6 @@ def tool_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
     """The environment for DVC and stage processes: this interpreter's scripts first on ``PATH``."""
     env = dict(os.environ)
     env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
-    env.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # spin-waiting OpenMP threads made CPU training ~3x slower
     env.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # imported via mmseg/img2dataset; it asks PyPI otherwise
     env.setdefault("DVC_NO_ANALYTICS", "1")
     env.setdefault("PYTHONUNBUFFERED", "1")  # stage output arrives line by line, not at exit
@@ -88,7 +87,7 @@ def run_streamed(command: Sequence[str], *, cwd: str | os.PathLike, env: Mapping
 
     Returns the exit status and the last ``tail`` lines. Interrupting the caller (Ctrl-C, SIGTERM turned
     into an exception, a cancelled flow run) stops the command and all its descendants before the
-    exception propagates; the caller's death stops them too (see :mod:`tcl.pipeline.guard`).
+    exception propagates; the caller's death stops them too (see :mod:`pipelines.guard`).
     """
     on_line = on_line or (lambda line: print(line, flush=True))
     last: collections.deque[str] = collections.deque(maxlen=tail)

@@ -14,8 +14,8 @@ from pathlib import Path, PurePosixPath
 
 import yaml
 
-from ..config import ConfigError, Params
-from ..preflight import PAPER_SETTING_DOCS, check_clip_weights, check_shard_source
+from tcl.config import ConfigError, Params
+from tcl.preflight import PAPER_SETTING_DOCS, check_clip_weights, check_shard_source
 
 __all__ = ["missing_inputs", "produced_paths"]
 
@@ -61,8 +61,8 @@ def _is_produced(path: str, produced: list[PurePosixPath], root: str | os.PathLi
 
 def missing_inputs(params: Params, root: str | os.PathLike, timeout: float = 3.0) -> list[str]:
     """One line per input of the pipeline that is neither on disk under ``root`` nor made by a stage."""
-    from ..eval import get_benchmark
-    from ..eval.datasets import benchmark_paths
+    from tcl.eval import get_benchmark
+    from tcl.eval.datasets import benchmark_paths
 
     root = Path(root)
     produced = produced_paths(params, root)

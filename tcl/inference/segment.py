@@ -3,7 +3,7 @@
 Resize as the evaluation protocol does (official segmentation/configs/_base_/datasets/*.py: the
 short side becomes ``short_side`` unless the long side would exceed ``max_long_side``), score the
 classes either on the whole image at once (:meth:`tcl.TCL.generate_masks`, the quick path) or with
-overlapping sliding windows (``tcl.eval.sliding``, the benchmark protocol), put a constant
+overlapping sliding windows (``tcl.inference.sliding``, the benchmark protocol), put a constant
 background channel in front when a threshold is given, and take the arg-max at the original size.
 """
 
@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from .model import TCL
+from ..model import TCL
 
 __all__ = ["Segmentation", "SlidingWindow", "segment_image", "protocol_size", "with_background", "labels_at"]
 
@@ -87,7 +87,7 @@ def segment_image(model: TCL, image: Image.Image, class_names: list[str], text_e
                             align_corners=False)
     names = list(class_names)
     if sliding is not None:
-        from .eval.sliding import sliding_window_scores  # the evaluation protocol's own implementation
+        from .sliding import sliding_window_scores  # the evaluation protocol's own implementation
 
         scores = sliding_window_scores(model, model.normalize(resized), text_emb, crop=sliding.crop,
                                        stride=sliding.stride, apply_pamr=apply_pamr, kp_w=kp_w,

@@ -1,8 +1,8 @@
 """Run a command so that it, and everything it starts, stops with the process that launched it (Linux).
 
-    python tcl/pipeline/guard.py --parent PID --grace 30 -- python -m dvc repro
+    python pipelines/guard.py --parent PID --grace 30 -- python -m dvc repro
 
-``dvc repro`` runs in its own process group (:func:`tcl.pipeline.dvc_cli.run_streamed`), so a signal
+``dvc repro`` runs in its own process group (:func:`pipelines.dvc_cli.run_streamed`), so a signal
 to the orchestrator alone never reaches it, and DVC itself dies on SIGTERM without stopping the stage
 command it started; torchrun's workers even get sessions of their own. This guard sits between
 the orchestrator and DVC and stops the whole tree:
@@ -13,7 +13,7 @@ the orchestrator and DVC and stops the whole tree:
 * the launching process dies in any way, ``kill -9`` included: ``prctl(PR_SET_PDEATHSIG)`` sends the
   guard SIGTERM (and ``getppid()`` is polled too); the guard then stops the tree as above. The
   signal fires when the launching *thread* ends, so that thread must wait for the guard, as
-  :func:`~tcl.pipeline.dvc_cli.run_streamed` does;
+  :func:`~pipelines.dvc_cli.run_streamed` does;
 * the guard is a child subreaper (``PR_SET_CHILD_SUBREAPER``): a process whose parent died (a stage
   orphaned by DVC's death, a worker orphaned by torchrun's) is re-parented to the guard, so it is
   still found and stopped, and no zombie is left.

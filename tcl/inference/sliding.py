@@ -17,8 +17,8 @@ from collections import defaultdict
 
 import torch
 
-from ..segment import with_background
-from ..train.runtime import autocast
+from ..runtime import autocast
+from .segment import with_background
 
 __all__ = ["window_starts", "window_boxes", "sliding_window_scores", "sliding_window_scores_many"]
 

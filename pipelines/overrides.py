@@ -22,7 +22,7 @@ from typing import Any
 
 import yaml
 
-from ..config import FLOAT_EXPONENT, ConfigError, Params, params_from_file, read_params_file, read_yaml_file
+from tcl.config import FLOAT_EXPONENT, ConfigError, Params, params_from_file, read_params_file, read_yaml_file
 
 __all__ = ["Override", "parse_overrides", "load_overrides_file", "apply_overrides", "validate_overrides",
            "write_overrides", "to_dvc_set_args", "hydra_value"]

@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from ..errors import TCLError
+from tcl.errors import TCLError
 
 __all__ = ["LOCK_FILE", "WorkspaceError", "WorkspaceBusy", "WorkspaceLock", "workspace_lock"]
 

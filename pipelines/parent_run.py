@@ -59,7 +59,7 @@ def stage_run(name: str):
     """A :class:`~tcl.tracking.RunTracker` for a stage that has no run of its own otherwise (prepare_clip,
     download): a child of the pipeline's parent run when a pipeline launched the stage (``make run``,
     the flow), else disabled, so running the stage by hand or in a test never writes to a store."""
-    from ..tracking import PARENT_RUN_ENV, RunTracker
+    from tcl.tracking import PARENT_RUN_ENV, RunTracker
 
     return RunTracker.start(name, stage=name, enabled=bool(os.environ.get(PARENT_RUN_ENV)))
 
@@ -81,7 +81,7 @@ class PipelineRun:
         name tells executions apart (``exp_name``, the DVC experiment it runs, else the git commit, then
         ``overrides``: ``pipeline · three-steps · steps=3``); the stages' runs take the same label.
         """
-        from ..tracking import RunTracker, default_tracking_uri
+        from tcl.tracking import RunTracker, default_tracking_uri
 
         tags = {"pipeline.kind": kind, "pipeline.overrides": " ".join(overrides or []) or "(none)"}
         if flow_run_id:
@@ -99,7 +99,7 @@ class PipelineRun:
 
     def env(self) -> dict[str, str]:
         """Variables that make a stage process's runs children of this one."""
-        from ..tracking import PREFECT_FLOW_RUN_ENV
+        from tcl.tracking import PREFECT_FLOW_RUN_ENV
 
         env = {"MLFLOW_EXPERIMENT_NAME": self.experiment, **self.tracker.child_env()}
         if self.flow_run_id:

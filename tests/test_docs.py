@@ -122,3 +122,11 @@ def test_readme_opens_with_the_two_commands():
     first = _FENCE.search(text).group(0).splitlines()
     assert first[1:-1] == ["make run", "make test"]
     assert text.index(first[0]) < text.index("\n## ")  # before any section
+
+
+def test_readme_stays_an_overview():
+    """The README is the overview (issue 13: at most ~200 lines); details belong on the docs/ pages it links."""
+    lines = (REPO / "README.md").read_text(encoding="utf-8").splitlines()
+    assert len(lines) <= 200, f"README.md has {len(lines)} lines: move the details into a docs/ page"
+    linked = set(re.findall(r"\]\((docs/[\w.-]+\.md)", _prose("\n".join(lines))))
+    assert linked == {f"docs/{p.name}" for p in pages()[1:]}  # every page reachable from the README

@@ -1,6 +1,6 @@
 """The web demo under load and abuse: a real uvicorn server on 127.0.0.1, raw sockets as clients.
 
-Each test proves one promise of ``tcl serve-demo`` (see README, "Web demo"): bursts are answered
+Each test proves one promise of ``tcl serve-demo`` (see docs/inference.md, "The web demo"): bursts are answered
 (200 or 503 + Retry-After, never a dropped connection), slow clients neither block others nor stay
 forever, and the byte, pixel and phrase limits hold whatever the ``Content-Length`` says.
 """

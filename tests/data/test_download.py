@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import gzip
 import importlib.util
 import io
@@ -226,6 +227,30 @@ def test_stage_reports_bad_input_in_one_line(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         stage.main(["--list", "x.tsv", "--out", "o", "--set", "no_equals_sign"])
     assert exit_info.value.code == 2 and "download: error: argument --set" in capsys.readouterr().err
+
+
+def test_stage_settings_are_one_download_source(tmp_path):
+    """The stage's command line has no defaults of its own: unset options are DownloadSource's defaults (or the
+    file's entry with --source), given ones replace single fields, --set adds to the entry's extra."""
+    stage = _load_stage()
+    parser = stage._parser()
+    plain = stage.build_source(parser.parse_args(["--list", str(tmp_path / "l.tsv"), "--out", str(tmp_path / "o")]))
+    assert plain == DownloadSource(root=str(tmp_path), list="l.tsv", out=str(tmp_path / "o"))
+    params = REPO / "params.yaml"
+    from tcl.config import load_params
+
+    entry = load_params(params).download.sources["synthetic"]
+    args = ["--params", str(params), "--source", "synthetic"]
+    assert stage.build_source(parser.parse_args(args)) == entry
+    changed = stage.build_source(parser.parse_args([*args, "--threads", "3", "--no-sort-samples", "--set",
+                                                    "min_image_size=8", "--out", str(tmp_path / "o")]))
+    assert changed == dataclasses.replace(entry, threads=3, sort_samples=False, extra={"min_image_size": 8},
+                                          out=str(tmp_path / "o"))
+    served = stage.build_source(parser.parse_args(["--list", str(tmp_path / "c" / "p.tsv"), "--serve-root",
+                                                   str(tmp_path / "c"), "--out", "o"]))
+    assert (served.url_list, served.serve_root) == (tmp_path / "c" / "p.tsv", tmp_path / "c")
+    with pytest.raises(ConfigError, match="threads: must be >= 1, got 0"):
+        stage.build_source(parser.parse_args([*args, "--threads", "0"]))
 
 
 # --------------------------------------------------------------------------- downloading

@@ -32,7 +32,7 @@ pyspark or ray); this module only puts a thin, resumable frame around it:
   samples in key order and zeroed member times, so the training stream, and a training run,
   repeat exactly from the list alone (the built-in world uses it; for CC12M it costs one more pass
   over the data).
-* **Local files through the same path.** With ``serve_root``, relative paths in the list are
+* **Local files through the same path.** With ``serve`` (a DownloadSource field), relative paths in the list are
   served by a loopback HTTP server for the duration of the download, so the built-in synthetic
   corpus exercises exactly the code path that CC3M does.
 """

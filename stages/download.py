@@ -79,7 +79,7 @@ def _parser() -> StageParser:
     parser.add_argument("--encode-quality", type=int,
                         help=f"jpg/webp quality, png compression {_default('encode_quality')}")
     parser.add_argument("--samples-per-shard", type=int, help=_default("samples_per_shard"))
-    parser.add_argument("--processes", type=int, help="processes; 0: one per CPU core (0)")
+    parser.add_argument("--processes", type=int, help=f"processes; 0: one per CPU core {_default('processes')}")
     parser.add_argument("--threads", type=int, help=f"download threads per process {_default('threads')}")
     parser.add_argument("--timeout", type=float, help=f"seconds per download {_default('timeout')}")
     parser.add_argument("--retries", type=int, help=f"retries per URL {_default('retries')}")

@@ -5,16 +5,13 @@ work starts, and the resulting frozen objects are passed to functions. Each sect
 dataclass defined beside the code it configures, in a torch-free module, that checks its own values
 in ``__post_init__`` with :func:`tcl.errors.require` (so a section built in code is checked too):
 
-=================  ==========================================================
-``clip``, ``model``  :mod:`tcl.model.config` (``ClipSettings``, ``TCLConfig``)
-``data``            :mod:`tcl.data.config` (``StreamConfig``)
-``prepare_clip``    :mod:`tcl.train.config` (``ClipPretrainConfig``)
-``evaluate``        :mod:`tcl.eval.config` (``EvalConfig``)
-``train``           :mod:`tcl.train.config` (``TrainConfig``)
-``synthetic``       :mod:`tcl.data.synthetic.config` (``SyntheticParams``)
-``download``        :mod:`tcl.data.config` (``DownloadConfig``)
-``pipeline``        here (:class:`PipelineConfig`: it configures only the orchestration)
-=================  ==========================================================
+* ``clip``, ``model``: :mod:`tcl.model.config` (``ClipSettings``, ``TCLConfig``)
+* ``data``, ``download``: :mod:`tcl.data.config` (``StreamConfig``, ``DownloadConfig``)
+* ``prepare_clip``, ``train``: :mod:`tcl.train.config` (``ClipPretrainConfig``, ``TrainConfig``)
+* ``evaluate``: :mod:`tcl.eval.config` (``EvalConfig``)
+* ``synthetic``: :mod:`tcl.data.synthetic.config` (``SyntheticParams``)
+* ``pipeline``: here (:class:`PipelineConfig`), the one section defined in this module, as it configures only
+  the orchestration (``stages/``, ``pipelines/``), which sits above it.
 
 This module composes them (:class:`Params`) and loads them (:func:`from_dict`: unknown keys, wrong
 types, missing keys; a section's own error gets the dotted section path in front), so importing it

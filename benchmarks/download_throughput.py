@@ -27,7 +27,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
 def main() -> None:
-    from tcl.data.download import download_shards, work_dir  # not at the top: spawned workers re-import this file
+    # not at the top: spawned workers re-import this file
+    from tcl.data.download import DownloadSource, download_shards, work_dir
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--n", type=int, default=2000, help="images (2000)")
@@ -54,9 +55,10 @@ def main() -> None:
         url_list = Path(tmp) / "list.tsv"
         url_list.write_text("\n".join(lines) + "\n")
         out = Path(tmp) / "shards"
-        stats = download_shards(url_list, out, prefix="bench-", serve_root=root, image_size=args.image_size,
-                                number_sample_per_shard=args.samples_per_shard, processes_count=args.processes,
-                                thread_count=args.threads)
+        source = DownloadSource(root=str(root), list=str(url_list), serve=True, out=str(out), prefix="bench-",
+                                image_size=args.image_size, samples_per_shard=args.samples_per_shard,
+                                processes=args.processes, threads=args.threads)
+        stats = download_shards(source)
         shards = [json.loads(p.read_text()) for p in work_dir(out, "bench-").glob("*_stats.json")]
         steady = sum(s["count"] for s in shards) / (max(s["end_time"] for s in shards) -
                                                     min(s["start_time"] for s in shards))

@@ -31,9 +31,9 @@ from prefect.tasks import exponential_backoff
 from pipelines import dvc_cli as dvc
 from pipelines.inputs import missing_inputs
 from pipelines.lock import workspace_lock
-from pipelines.overrides import load_overrides_file, parse_overrides, validate_overrides, write_overrides
+from pipelines.overrides import write_overrides
 from pipelines.parent_run import PipelineRun, benchmark_table, read_report
-from tcl.config import ConfigError
+from tcl.config import ConfigError, load_overrides_file, parse_overrides, validate_overrides
 from tcl.tracking import STAGE_ENV
 
 __all__ = ["tcl_pipeline", "run_stage", "stage_groups", "PROJECT_ROOT"]

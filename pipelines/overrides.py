@@ -1,17 +1,13 @@
-"""Parameter overrides (``key.path=value``, as ``dvc exp run -S`` takes them), validated before anything runs.
+"""Parameter overrides written through DVC: into ``params.yaml`` (:func:`write_overrides`) or as ``dvc exp run -S``
+arguments (:func:`to_dvc_set_args`).
 
-An override replaces the value at a dotted path of ``params.yaml``; values are YAML
-(``train.steps=200``, ``clip.weights=null``, ``evaluate.benchmarks=[voc, voc20]``). An overrides
-file (``configs/paper.yaml``) is a YAML mapping of such dotted keys. :func:`validate_overrides`
-applies them to a copy of the parameter file and checks the result with :mod:`tcl.config`, so a
-typo fails in one line before any stage starts; :func:`write_overrides` then writes them into the
-file through DVC's own ``-S`` code path (comments and layout kept), and :func:`to_dvc_set_args`
-turns them into ``-S`` arguments for ``dvc exp run``.
+Parsing, applying and validating overrides (``key.path=value``, YAML values, or an overrides file
+such as ``configs/paper.yaml``) is DVC-free and lives in :mod:`tcl.config`; it is re-exported here
+so that the orchestration imports everything about overrides from one place.
 """
 
 from __future__ import annotations
 
-import copy
 import os
 import re
 import shutil
@@ -20,69 +16,20 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from tcl.config import FLOAT_EXPONENT, ConfigError, Params, params_from_file, read_params_file, read_yaml_file
+from tcl.config import (
+    ConfigError,
+    Override,
+    Params,
+    apply_overrides,
+    load_overrides_file,
+    params_from_file,
+    parse_overrides,
+    read_params_file,
+    validate_overrides,
+)
 
 __all__ = ["Override", "parse_overrides", "load_overrides_file", "apply_overrides", "validate_overrides",
            "write_overrides", "to_dvc_set_args", "hydra_value"]
-
-Override = tuple[str, Any]
-_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]*(\.[A-Za-z0-9_-]+)*$")
-
-
-def parse_overrides(items: Iterable[str]) -> list[Override]:
-    """``["train.steps=200", ...]`` → ``[("train.steps", 200), ...]`` (values parsed as YAML)."""
-    out = []
-    for item in items:
-        key, sep, text = item.partition("=")
-        key = key.strip().lstrip("+")  # accept Hydra's "+key=value" spelling too
-        if not sep or not _KEY.match(key):
-            raise ConfigError(f"override {item!r}: expected key.path=value")
-        try:
-            value = yaml.safe_load(text) if text.strip() else ""
-        except yaml.YAMLError:
-            raise ConfigError(f"override {key}: cannot parse value {text!r} as YAML") from None
-        if isinstance(value, str) and FLOAT_EXPONENT.match(text.strip()):
-            value = float(value)  # PyYAML reads 1e-5 (no dot) as a string; Hydra and everyone else: a float
-        out.append((key, value))
-    return out
-
-
-def load_overrides_file(path: str | os.PathLike) -> list[Override]:
-    """A YAML mapping of dotted keys to values (``clip.weights: openai``), in file order."""
-    path = Path(path)
-    data = read_yaml_file(path, "overrides file")  # keys given twice, bad bytes, bad YAML: one line
-    if not isinstance(data, dict):
-        raise ConfigError(f"overrides file {path}: expected a mapping of dotted keys to values")
-    for key in data:
-        if not isinstance(key, str) or not _KEY.match(key):
-            raise ConfigError(f"overrides file {path}: {key!r} is not a dotted key")
-    return list(data.items())
-
-
-def apply_overrides(data: dict, overrides: Iterable[Override]) -> dict:
-    """A deep copy of ``data`` with each override set (intermediate mappings created as needed)."""
-    data = copy.deepcopy(data)
-    for key, value in overrides:
-        node = data
-        *parents, leaf = key.split(".")
-        for i, part in enumerate(parents):
-            child = node.setdefault(part, {})
-            if not isinstance(child, dict):
-                raise ConfigError(f"override {key}: {'.'.join(parents[:i + 1])} is not a mapping")
-            node = child
-        node[leaf] = value
-    return data
-
-
-def validate_overrides(params_file: str | os.PathLike, overrides: Iterable[Override] = ()) -> Params:
-    """The validated parameters that ``params_file`` would hold with ``overrides``; raises ConfigError.
-
-    The result must be complete (every section and key; :func:`tcl.config.from_dict`): a key
-    missing from the file is an error naming it unless an override sets it.
-    """
-    return params_from_file(apply_overrides(read_params_file(params_file), overrides), params_file)
 
 
 def hydra_value(value: Any) -> str:

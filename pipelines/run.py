@@ -54,15 +54,9 @@ def main(argv: list[str] | None = None) -> int:
     from pipelines import dvc_cli as dvc
     from pipelines.inputs import missing_inputs
     from pipelines.lock import WorkspaceError, WorkspaceLock
-    from pipelines.overrides import (
-        load_overrides_file,
-        parse_overrides,
-        to_dvc_set_args,
-        validate_overrides,
-        write_overrides,
-    )
+    from pipelines.overrides import to_dvc_set_args, write_overrides
     from pipelines.parent_run import REPORT_JSON, PipelineRun
-    from tcl.config import ConfigError
+    from tcl.config import ConfigError, load_overrides_file, parse_overrides, validate_overrides
 
     root, params_file = args.root.resolve(), args.root.resolve() / "params.yaml"
     try:  # held until main returns (the last reference goes) or the process ends, however it ends

@@ -51,7 +51,7 @@ class StageParser(argparse.ArgumentParser):
     def load_params(args: argparse.Namespace):
         """The validated parameters of ``--params`` with the ``--set`` items (and the one ``--steps``
         stands for) applied; raises ``tcl.errors.ConfigError``."""
-        from pipelines.overrides import parse_overrides, validate_overrides
+        from tcl.config import parse_overrides, validate_overrides
 
         steps_key = getattr(args, "_steps_key", None)
         extra = [f"{steps_key}={args.steps}"] if steps_key and args.steps is not None else []

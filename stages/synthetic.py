@@ -22,6 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from stages.common import StageParser  # noqa: E402
 from tcl.data.synthetic import SyntheticError, SyntheticParams, generate_synthetic, measure_throughput  # noqa: E402
+from tcl.errors import TCLError  # noqa: E402
 
 PROG = "synthetic"
 
@@ -76,8 +77,8 @@ def main(argv: list[str] | None = None) -> int:
         params = SyntheticParams(seed=args.seed, pairs=args.pairs, image_size=args.image_size,
                                  eval_image_size=args.eval_image_size, val_images=args.val_images,
                                  train_images=args.train_images, max_objects=args.max_objects,
-                                 min_object_frac=args.min_object_frac, jpeg_quality=args.jpeg_quality).validate()
-    except SyntheticError as err:
+                                 min_object_frac=args.min_object_frac, jpeg_quality=args.jpeg_quality)
+    except TCLError as err:  # SyntheticError, or the ConfigError of SyntheticParams checking itself
         print(f"{PROG}: error: {err}", file=sys.stderr)
         return 2
 

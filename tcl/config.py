@@ -1,79 +1,94 @@
-"""``params.yaml`` → validated, typed configuration objects.
+"""``params.yaml`` → validated, typed configuration objects; overrides of it (``key.path=value``).
 
 Configuration flows one way: the YAML file is parsed once, checked against dataclasses before any
-work starts, and the resulting frozen objects are passed to functions. Unknown keys, wrong types and
-impossible values raise :class:`ConfigError` with a one-line message that names the dotted key.
+work starts, and the resulting frozen objects are passed to functions. Each section is a frozen
+dataclass defined beside the code it configures, in a torch-free module, that checks its own values
+in ``__post_init__`` with :func:`tcl.errors.require` (so a section built in code is checked too):
+
+* ``clip``, ``model``: :mod:`tcl.model.config` (``ClipSettings``, ``TCLConfig``)
+* ``data``, ``download``: :mod:`tcl.data.config` (``StreamConfig``, ``DownloadConfig``)
+* ``prepare_clip``, ``train``: :mod:`tcl.train.config` (``ClipPretrainConfig``, ``TrainConfig``)
+* ``evaluate``: :mod:`tcl.eval.config` (``EvalConfig``)
+* ``synthetic``: :mod:`tcl.data.synthetic.config` (``SyntheticParams``)
+* ``pipeline``: here (:class:`PipelineConfig`), the one section defined in this module, as it configures only
+  the orchestration (``stages/``, ``pipelines/``), which sits above it.
+
+This module composes them (:class:`Params`) and loads them (:func:`from_dict`: unknown keys, wrong
+types, missing keys; a section's own error gets the dotted section path in front), so importing it
+loads no torch, open_clip, webdataset or mmseg. Overrides (as ``dvc exp run -S`` takes them) are
+applied here too (:func:`parse_overrides`, :func:`apply_overrides`, :func:`validate_overrides`);
+writing them into the file through DVC lives in ``pipelines/overrides.py``.
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 import os
 import re
 import types
 import typing
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from .data.stream import AUGMENTATIONS, StreamConfig
-from .data.synthetic import SyntheticParams
-from .errors import ConfigError
-from .eval.benchmarks import BENCHMARKS
-from .eval.config import PRECISIONS as EVAL_PRECISIONS
-from .eval.config import SETTINGS as EVAL_SETTINGS
-from .eval.config import EvalConfig
-from .model.tcl import TCLConfig
-from .model.templates import TEMPLATES
-from .pipeline.config import DownloadConfig, PipelineConfig
-from .runtime import PRECISIONS
-from .train.clip_pretraining import ClipPretrainConfig
-from .train.trainer import TrainConfig
+from .data.config import STAGE_NAME, CocoObjectConversion, DownloadConfig, StreamConfig
+from .data.synthetic.config import SyntheticParams
+from .errors import ConfigError, require
+from .eval.config import BASELINES, EvalConfig
+from .model.config import ClipSettings, TCLConfig
+from .train.config import ClipPretrainConfig, TrainConfig
 
-__all__ = ["ConfigError", "ClipSettings", "Params", "load_params", "read_params_file", "read_yaml_file", "from_dict",
-           "params_from_file", "UniqueKeyLoader", "DuplicateKeyError", "FLOAT_EXPONENT"]
+__all__ = ["ConfigError", "ClipSettings", "PipelineConfig", "Params", "load_params", "read_params_file",
+           "read_yaml_file", "from_dict", "params_from_file", "UniqueKeyLoader", "DuplicateKeyError",
+           "FLOAT_EXPONENT", "Override", "parse_overrides", "load_overrides_file", "apply_overrides",
+           "validate_overrides"]
 
 
 #: A float written with an exponent but no dot (``1e-05``): YAML 1.2 and Hydra read a number, PyYAML a string.
 FLOAT_EXPONENT = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+$")
+_ALIAS = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]*$")
 
 
 @dataclass(frozen=True)
-class ClipSettings:
-    """Which CLIP TCL is built on.
+class PipelineConfig:
+    """How the stages are chained and recorded (``pipeline:``; ``dvc.yaml``, ``pipelines/``, MLflow).
 
-    ``model``: an open_clip config name (``ViT-B-16-quickgelu``, the paper) or a config dict with
-    ``embed_dim``, ``vision_cfg``, ``text_cfg`` (a tiny CLIP). ``weights``: ``None`` (to be trained
-    by the prepare_clip stage), ``"openai"`` (download) or a weights file.
+    The one section defined here: no library code reads it, only the orchestration (``stages/``,
+    ``pipelines/``), which sits above this module.
     """
 
-    model: str | dict = "ViT-B-16-quickgelu"
-    weights: str | None = None
+    experiment: str = "tcl"  # MLflow experiment of the pipeline's parent run (stage runs nest under it)
+    nproc_per_node: int = 1  # torchrun processes of the train stage (one per GPU; 1 on a CPU)
+    baselines: tuple[str, ...] = BASELINES  # stage baseline@<benchmark>-<baseline> each
+    coco_object: dict[str, CocoObjectConversion] = field(default_factory=dict)  # convert_coco_object@<name>
+    register_name: str = "tcl"  # MLflow registered model that the final checkpoint becomes a version of
+    register_alias: str = "champion"  # alias moved to the newest registered version
 
-    def validate(self) -> ClipSettings:
-        if isinstance(self.model, dict):
-            from .model.factory import check_clip_config
-
-            try:
-                check_clip_config(self.model)
-            except ValueError as err:
-                raise ValueError(f"model.{err}") from None
-        elif not self.model:
-            raise ValueError("model: must be set (an open_clip config name or a config dict)")
-        if self.weights == "":
-            raise ValueError("weights: must be null, 'openai' or a weights file, got ''")
-        if self.weights == "openai" and isinstance(self.model, dict):
-            # open_clip would build its own ViT-B/16, not this dict, and the checkpoint would record the dict
-            raise ValueError("weights: 'openai' goes with an open_clip config name (ViT-B-16-quickgelu), "
-                             "not a config dict")
-        return self
+    def __post_init__(self) -> None:
+        require(bool(self.experiment), "experiment", "must be set")
+        require(self.nproc_per_node >= 1, "nproc_per_node", "must be >= 1", self.nproc_per_node)
+        require(bool(self.baselines) and all(b in BASELINES for b in self.baselines)
+                and len(set(self.baselines)) == len(self.baselines), "baselines",
+                f"one or both of {', '.join(BASELINES)} (the report compares the trained model with them), "
+                f"each once, got {list(self.baselines)}")
+        for name in self.coco_object:
+            require(bool(STAGE_NAME.match(name)), f"coco_object.{name}",
+                    "names may hold only letters, digits, '_' and '-'")
+        require(bool(STAGE_NAME.match(self.register_name)), "register_name", "letters, digits, '_' and '-' only",
+                self.register_name)
+        require(bool(_ALIAS.match(self.register_alias)) and self.register_alias.lower() != "latest",
+                "register_alias", "a name like 'champion' (not 'latest')", self.register_alias)
 
 
 @dataclass(frozen=True)
 class Params:
+    """Every section of ``params.yaml`` (see the module docstring for where each is defined)."""
+
     clip: ClipSettings = field(default_factory=ClipSettings)
     model: TCLConfig = field(default_factory=TCLConfig)
     data: StreamConfig = field(default_factory=StreamConfig)
@@ -83,74 +98,6 @@ class Params:
     synthetic: SyntheticParams = field(default_factory=SyntheticParams)
     download: DownloadConfig = field(default_factory=DownloadConfig)
     pipeline: PipelineConfig = field(default_factory=PipelineConfig)
-
-
-def _at_least(low: float):
-    return (lambda v: v >= low, f"must be >= {low}")
-
-
-def _above(low: float):
-    return (lambda v: v > low, f"must be > {low}")
-
-
-_CHECKS = {
-    "model.ie_freeze": _at_least(1),
-    "model.decoder_stages": _at_least(0),
-    "model.gumbel_tau": _above(0),
-    "model.text_chunk_size": _at_least(1),
-    "model.tcl_w": _at_least(0),
-    "model.area_w": _at_least(0),
-    "model.tv_w": _at_least(0),
-    "data.batch_size": _at_least(1),
-    "data.num_workers": _at_least(0),
-    "data.shuffle_buffer": _at_least(1),
-    "data.shuffle_initial": _at_least(1),
-    "data.image_size": _at_least(16),
-    "data.augment": (lambda v: v in AUGMENTATIONS, f"must be one of {', '.join(AUGMENTATIONS)}"),
-    "data.crop_scale_min": (lambda v: 0 < v <= 1, "must be in (0, 1]"),
-    "data.context_length": _at_least(2),
-    "prepare_clip.steps": _at_least(1),
-    "prepare_clip.lr": _above(0),
-    "prepare_clip.min_lr": _at_least(0),
-    "prepare_clip.warmup_steps": _at_least(0),
-    "prepare_clip.weight_decay": _at_least(0),
-    "prepare_clip.grad_clip": _above(0),
-    "prepare_clip.log_every": _at_least(1),
-    "evaluate.setting": (lambda v: v in EVAL_SETTINGS, f"must be one of {', '.join(EVAL_SETTINGS)}"),
-    "evaluate.bg_thresh": (lambda v: v is None or 0 <= v <= 1, "must be in [0, 1] (or null: the setting's)"),
-    "evaluate.kp_w": (lambda v: v is None or 0 <= v <= 1, "must be in [0, 1] (or null: the setting's)"),
-    "evaluate.template": (lambda v: v is None or v in TEMPLATES, f"must be one of {', '.join(TEMPLATES)}"),
-    "evaluate.benchmarks": (lambda v: all(b in BENCHMARKS for b in v), f"must name known benchmarks "
-                            f"({', '.join(BENCHMARKS)})"),
-    "evaluate.bg_thresh_split": (lambda v: v in BENCHMARKS and BENCHMARKS[v].with_background,
-                                 "must be a known benchmark with a background class (a training split, t_*)"),
-    "evaluate.bg_thresh_candidates": (lambda v: len(v) > 0 and all(0 <= t <= 1 for t in v),
-                                      "must be a non-empty list of values in [0, 1]"),
-    "evaluate.window_batch": _at_least(1),
-    "evaluate.image_batch": _at_least(1),
-    "evaluate.num_workers": _at_least(0),
-    "evaluate.precision": (lambda v: v in EVAL_PRECISIONS, f"must be one of {', '.join(EVAL_PRECISIONS)}"),
-    "evaluate.overlays": _at_least(0),
-    **{f"evaluate.protocols.{name}.{key}": _at_least(1) for name in ("paper", "synthetic")
-       for key in ("short_side", "long_side", "crop", "stride")},
-    "train.steps": _at_least(1),
-    "train.ust_steps": _at_least(0),
-    "train.lr": _above(0),
-    "train.min_lr": _at_least(0),
-    "train.warmup_steps": _at_least(0),
-    "train.weight_decay": _at_least(0),
-    "train.adam_eps": _above(0),
-    "train.grad_clip": _above(0),
-    "train.grad_accum": _at_least(1),
-    "train.precision": (lambda v: v in PRECISIONS, f"must be one of {', '.join(PRECISIONS)}"),
-    "train.log_every": _at_least(1),
-    "train.image_every": _at_least(0),
-    "train.checkpoint_every": _at_least(1),
-    "train.val_every": _at_least(0),
-    "train.max_nonfinite": _at_least(1),
-    "train.val_benchmarks": (lambda v: all(b in BENCHMARKS for b in v),
-                             f"must name known benchmarks ({', '.join(BENCHMARKS)})"),
-}
 
 
 def _type_name(tp) -> str:
@@ -237,20 +184,12 @@ def from_dict(cls, data: dict, prefix: str = "", *, required_in: str | None = No
         key = f"{prefix}.{name}" if prefix else name
         # Items of lists and user-named mappings are collection entries (see the docstring).
         collection = typing.get_origin(hints[name]) in (tuple, dict)
-        value = _coerce(raw, hints[name], key, None if collection else required_in)
-        check = _CHECKS.get(key)
-        if check and not check[0](value):
-            raise ConfigError(f"{key}: {check[1]}, got {value!r}")
-        values[name] = value
-    built = cls(**values)
-    # Checks across fields (or over a section's own names) live in the section's ``validate`` method,
-    # which raises ``ValueError("<field>...")``: prefix the section path so the message names the key.
-    if callable(getattr(built, "validate", None)):
-        try:
-            built.validate()
-        except ValueError as err:
-            raise ConfigError(f"{prefix}.{err}" if prefix else str(err)) from None
-    return built
+        values[name] = _coerce(raw, hints[name], key, None if collection else required_in)
+    try:
+        return cls(**values)
+    except ConfigError as err:
+        # The section's __post_init__ names the field (``steps: ...``): put the section's path in front.
+        raise ConfigError(f"{prefix}.{err}" if prefix else str(err)) from None
 
 
 class UniqueKeyLoader(yaml.SafeLoader):
@@ -343,5 +282,65 @@ def params_from_file(data: dict, path: str | os.PathLike) -> Params:
 
 
 def load_params(path: str | os.PathLike = "params.yaml") -> Params:
-    """Read and validate a parameter file (with overrides: :func:`pipelines.overrides.validate_overrides`)."""
+    """Read and validate a parameter file (with overrides: :func:`validate_overrides`)."""
     return params_from_file(read_params_file(path), path)
+
+
+# --------------------------------------------------------------------------- overrides
+
+Override = tuple[str, Any]
+_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]*(\.[A-Za-z0-9_-]+)*$")
+
+
+def parse_overrides(items: Iterable[str]) -> list[Override]:
+    """``["train.steps=200", ...]`` → ``[("train.steps", 200), ...]`` (values parsed as YAML)."""
+    out = []
+    for item in items:
+        key, sep, text = item.partition("=")
+        key = key.strip().lstrip("+")  # accept Hydra's "+key=value" spelling too
+        if not sep or not _KEY.match(key):
+            raise ConfigError(f"override {item!r}: expected key.path=value")
+        try:
+            value = yaml.safe_load(text) if text.strip() else ""
+        except yaml.YAMLError:
+            raise ConfigError(f"override {key}: cannot parse value {text!r} as YAML") from None
+        if isinstance(value, str) and FLOAT_EXPONENT.match(text.strip()):
+            value = float(value)  # PyYAML reads 1e-5 (no dot) as a string; Hydra and everyone else: a float
+        out.append((key, value))
+    return out
+
+
+def load_overrides_file(path: str | os.PathLike) -> list[Override]:
+    """A YAML mapping of dotted keys to values (``clip.weights: openai``), in file order."""
+    path = Path(path)
+    data = read_yaml_file(path, "overrides file")  # keys given twice, bad bytes, bad YAML: one line
+    if not isinstance(data, dict):
+        raise ConfigError(f"overrides file {path}: expected a mapping of dotted keys to values")
+    for key in data:
+        if not isinstance(key, str) or not _KEY.match(key):
+            raise ConfigError(f"overrides file {path}: {key!r} is not a dotted key")
+    return list(data.items())
+
+
+def apply_overrides(data: dict, overrides: Iterable[Override]) -> dict:
+    """A deep copy of ``data`` with each override set (intermediate mappings created as needed)."""
+    data = copy.deepcopy(data)
+    for key, value in overrides:
+        node = data
+        *parents, leaf = key.split(".")
+        for i, part in enumerate(parents):
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"override {key}: {'.'.join(parents[:i + 1])} is not a mapping")
+            node = child
+        node[leaf] = value
+    return data
+
+
+def validate_overrides(params_file: str | os.PathLike, overrides: Iterable[Override] = ()) -> Params:
+    """The validated parameters that ``params_file`` would hold with ``overrides``; raises ConfigError.
+
+    The result must be complete (every section and key; :func:`from_dict`): a key missing from the
+    file is an error naming it unless an override sets it.
+    """
+    return params_from_file(apply_overrides(read_params_file(params_file), overrides), params_file)

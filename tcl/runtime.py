@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-__all__ = ["is_distributed", "get_rank", "get_world_size", "gather_cat", "Runtime", "start_runtime", "PRECISIONS",
+__all__ = ["is_distributed", "get_rank", "get_world_size", "gather_cat", "Runtime", "start_runtime",
            "resolve_precision", "autocast", "make_grad_scaler"]
 
 
@@ -69,9 +69,6 @@ class _GatherWithGrad(torch.autograd.Function):
         dist.all_reduce(grad)
         start = dist.get_rank() * ctx.rows
         return grad[start:start + ctx.rows]
-
-
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
 
 @dataclass(frozen=True)

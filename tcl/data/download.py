@@ -32,7 +32,7 @@ pyspark or ray); this module only puts a thin, resumable frame around it:
   samples in key order and zeroed member times, so the training stream, and a training run,
   repeat exactly from the list alone (the built-in world uses it; for CC12M it costs one more pass
   over the data).
-* **Local files through the same path.** With ``serve_root``, relative paths in the list are
+* **Local files through the same path.** With ``serve`` (a DownloadSource field), relative paths in the list are
   served by a loopback HTTP server for the duration of the download, so the built-in synthetic
   corpus exercises exactly the code path that CC3M does.
 """
@@ -63,21 +63,14 @@ from typing import Any
 import pyarrow.parquet as pq
 
 from ..atomic import write_text_atomic
+from .config import DISTRIBUTORS, ENCODE_FORMATS, IMG2DATASET_RESERVED, RESIZE_MODES, DownloadSource
 from .url_lists import DownloadError, read_url_list, rewrite_relative_urls, serve_directory
 
-__all__ = ["DownloadError", "download_shards", "is_transient", "read_url_list", "serve_directory", "shard_name",
-           "work_dir", "DISTRIBUTORS", "RESIZE_MODES", "ENCODE_FORMATS", "SHARD_DIGITS"]
+__all__ = ["DownloadError", "DownloadSource", "download_shards", "is_transient", "read_url_list", "serve_directory",
+           "shard_name", "work_dir", "DISTRIBUTORS", "RESIZE_MODES", "ENCODE_FORMATS", "SHARD_DIGITS"]
 
-DISTRIBUTORS = ("multiprocessing", "pyspark", "ray")
-RESIZE_MODES = ("no", "keep_ratio", "keep_ratio_largest", "center_crop", "border")
-ENCODE_FORMATS = ("jpg", "png", "webp")
 SHARD_DIGITS = 6
 _MAX_REASONS = 20
-# Arguments this module sets itself; everything else of img2dataset.download may be passed through.
-_RESERVED_ARGS = {"url_list", "output_folder", "input_format", "url_col", "caption_col", "output_format",
-                  "incremental_mode", "oom_shard_count", "image_size", "resize_mode", "resize_only_if_bigger",
-                  "encode_format", "encode_quality", "number_sample_per_shard", "processes_count", "thread_count",
-                  "timeout", "retries", "distributor"}
 # Pass-through arguments that change how the job runs, not what the shards hold.
 _RUNTIME_ARGS = {"enable_wandb", "wandb_project", "subjob_size", "max_shard_retry", "user_agent_token"}
 # Not ``*.json``: img2dataset parses the shard id out of every ``*.json`` name in its output folder.
@@ -325,27 +318,9 @@ def _file_sha256(path: Path) -> str:
 
 # --------------------------------------------------------------------------- running img2dataset
 
-def _check_settings(prefix: str, image_size: int, resize_mode: str, encode_format: str, encode_quality: int,
-                    number_sample_per_shard: int, processes_count: int, thread_count: int, timeout: float,
-                    retries: int, distributor: str, extra: Mapping[str, Any]) -> None:
-    if os.sep in prefix or "/" in prefix or prefix.startswith("."):
-        raise DownloadError(f"prefix {prefix!r} must be a plain file-name start (no '/', not hidden)")
-    for name, value, low in (("image_size", image_size, 1), ("number_sample_per_shard", number_sample_per_shard, 1),
-                             ("processes_count", processes_count, 1), ("thread_count", thread_count, 1),
-                             ("retries", retries, 0)):
-        if not isinstance(value, int) or value < low:
-            raise DownloadError(f"{name} must be an integer >= {low}, got {value!r}")
-    if not timeout > 0:
-        raise DownloadError(f"timeout must be > 0 seconds, got {timeout!r}")
-    if resize_mode not in RESIZE_MODES:
-        raise DownloadError(f"resize_mode must be one of {', '.join(RESIZE_MODES)}, got {resize_mode!r}")
-    if encode_format not in ENCODE_FORMATS:
-        raise DownloadError(f"encode_format must be one of {', '.join(ENCODE_FORMATS)}, got {encode_format!r}")
-    high = 9 if encode_format == "png" else 100
-    if not 0 <= encode_quality <= high:
-        raise DownloadError(f"encode_quality for {encode_format} must be in 0..{high}, got {encode_quality}")
-    if distributor not in DISTRIBUTORS:
-        raise DownloadError(f"distributor must be one of {', '.join(DISTRIBUTORS)}, got {distributor!r}")
+def _check_environment(distributor: str, extra: Mapping[str, Any]) -> None:
+    """What :class:`DownloadSource` cannot check by itself: the distributor's package, that img2dataset knows
+    the ``extra`` arguments (reserved ones are refused by DownloadSource already)."""
     if distributor != "multiprocessing" and importlib.util.find_spec(distributor) is None:
         # img2dataset's ray distributor silently does nothing without ray; pyspark fails mid-run.
         raise DownloadError(f"distributor {distributor!r} needs the {distributor} package, which is not "
@@ -354,7 +329,7 @@ def _check_settings(prefix: str, image_size: int, resize_mode: str, encode_forma
         return
     from img2dataset import download  # a 4 s import (torch, wandb): only when there is something to check
 
-    unknown = sorted(set(extra) - (set(inspect.signature(download).parameters) - _RESERVED_ARGS))
+    unknown = sorted(set(extra) - (set(inspect.signature(download).parameters) - IMG2DATASET_RESERVED))
     if unknown:
         raise DownloadError(f"unknown or reserved img2dataset argument(s): {', '.join(unknown)}")
 
@@ -423,25 +398,21 @@ def _raise_interrupt(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt(f"{signal.Signals(signum).name} received")
 
 
-def download_shards(url_list: str | os.PathLike, output_dir: str | os.PathLike, *, prefix: str = "",
-                    stats_path: str | os.PathLike | None = None, serve_root: str | os.PathLike | None = None,
-                    image_size: int = 512, resize_mode: str = "keep_ratio", resize_only_if_bigger: bool = True,
-                    encode_format: str = "jpg", encode_quality: int = 95, number_sample_per_shard: int = 10000,
-                    processes_count: int = 1, thread_count: int = 32, timeout: float = 10, retries: int = 0,
-                    distributor: str = "multiprocessing", overwrite: bool = False,
-                    img2dataset_args: Mapping[str, Any] | None = None, sort_samples: bool = False,
+def download_shards(source: DownloadSource, *, stats_path: str | os.PathLike | None = None, overwrite: bool = False,
                     promote_interval: float = 2.0) -> dict[str, Any]:
-    """Download the (url, caption) pairs of ``url_list`` into ``output_dir/<prefix>NNNNNN.tar`` shards.
+    """Download the (url, caption) pairs of ``source.url_list`` into ``<source.out>/<prefix>NNNNNN.tar`` shards.
 
-    Each sample holds ``.<encode_format>``, ``.txt`` (the caption) and ``.json`` (img2dataset's
-    metadata). Shard ``i`` holds rows ``i*number_sample_per_shard ...`` of the list, minus failures.
+    ``source`` (a validated :class:`DownloadSource`, the ``download.sources.<name>`` entry) holds every
+    setting. Each sample holds ``.<encode_format>``, ``.txt`` (the caption) and ``.json`` (img2dataset's
+    metadata). Shard ``i`` holds rows ``i*samples_per_shard ...`` of the list, minus failures. With
+    ``serve``, the list's relative paths are served from ``root`` on 127.0.0.1 for the download.
     Resumable: finished shards are kept, a shard whose final file was deleted is downloaded again.
     The settings that decide the shards' content (the list's hash, shard size, image settings) are
     recorded in the work folder; resuming with other ones is refused unless ``overwrite`` (which
-    starts again from nothing). ``img2dataset_args`` passes further ``img2dataset.download``
-    arguments through (``min_image_size``, ``subjob_size``, ...). ``sort_samples`` rewrites each
-    finished shard with its samples in key order, so that the shards, and a training run reading
-    them, are the same on every run (one extra read and write of each shard).
+    starts again from nothing). ``extra`` passes further ``img2dataset.download`` arguments through
+    (``min_image_size``, ``subjob_size``, ...). ``sort_samples`` rewrites each finished shard with its
+    samples in key order, so that the shards, and a training run reading them, are the same on every
+    run (one extra read and write of each shard).
 
     After an interruption (SIGKILL included) the same call resumes: the shards the interrupted run
     wrote with transient failures (:func:`is_transient`) are downloaded again, and img2dataset's
@@ -454,19 +425,19 @@ def download_shards(url_list: str | os.PathLike, output_dir: str | os.PathLike, 
     complete (rerun to retry them), ``KeyboardInterrupt`` when interrupted.
     """
     start = time.perf_counter()
-    extra = dict(img2dataset_args or {})
+    extra, prefix, number_sample_per_shard = dict(source.extra), source.prefix, source.samples_per_shard
     # albumentations (imported by img2dataset in every worker) asks PyPI for a newer version at import.
     os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
-    _check_settings(prefix, image_size, resize_mode, encode_format, encode_quality, number_sample_per_shard,
-                    processes_count, thread_count, timeout, retries, distributor, extra)
-    url_list, output_dir = Path(url_list), Path(output_dir)
+    _check_environment(source.distributor, extra)
+    url_list, output_dir, serve_root = source.url_list, Path(source.out), source.serve_root
     table, dropped = read_url_list(url_list, serve_root)
     work = work_dir(output_dir, prefix)
     _prepare_output(output_dir, work)
 
     settings = {"url_list_sha256": _file_sha256(url_list), "number_sample_per_shard": number_sample_per_shard,
-                "image_size": image_size, "resize_mode": resize_mode, "resize_only_if_bigger": resize_only_if_bigger,
-                "encode_format": encode_format, "encode_quality": encode_quality,
+                "image_size": source.image_size, "resize_mode": source.resize_mode,
+                "resize_only_if_bigger": source.resize_only_if_bigger, "encode_format": source.encode_format,
+                "encode_quality": source.encode_quality,
                 **{k: v for k, v in sorted(extra.items()) if k not in _RUNTIME_ARGS}}
     settings_file = work / _SETTINGS_FILE
     recorded = settings_file.read_text() if settings_file.exists() else None
@@ -486,7 +457,7 @@ def download_shards(url_list: str | os.PathLike, output_dir: str | os.PathLike, 
     write_text_atomic(settings_file, current)
 
     redone = _forget_interrupted(work, output_dir, prefix)
-    _promote(work, output_dir, prefix, running=False, sort_samples=sort_samples)
+    _promote(work, output_dir, prefix, running=False, sort_samples=source.sort_samples)
     shard_count = math.ceil(table.num_rows / number_sample_per_shard)
     done_before = {_shard_index(p) for p in work.glob("*_stats.json")}
     to_do = [i for i in range(shard_count) if i not in done_before]
@@ -502,7 +473,7 @@ def download_shards(url_list: str | os.PathLike, output_dir: str | os.PathLike, 
         input_file = work / _INPUT_FILE
         stop = threading.Event()
         promoter = threading.Thread(target=_promote_while_running, name="tcl-promote-shards", daemon=True,
-                                    args=(work, output_dir, prefix, stop, promote_interval, sort_samples))
+                                    args=(work, output_dir, prefix, stop, promote_interval, source.sort_samples))
         try:
             with contextlib.ExitStack() as stack:
                 if serve_root is not None:
@@ -513,11 +484,13 @@ def download_shards(url_list: str | os.PathLike, output_dir: str | os.PathLike, 
                     try:
                         download(url_list=str(input_file), output_folder=str(work), input_format="parquet",
                                  url_col="url", caption_col="caption", output_format="webdataset",
-                                 image_size=image_size, resize_mode=resize_mode,
-                                 resize_only_if_bigger=resize_only_if_bigger, encode_format=encode_format,
-                                 encode_quality=encode_quality, number_sample_per_shard=number_sample_per_shard,
-                                 processes_count=processes_count, thread_count=thread_count, timeout=timeout,
-                                 retries=retries, distributor=distributor, incremental_mode="incremental",
+                                 image_size=source.image_size, resize_mode=source.resize_mode,
+                                 resize_only_if_bigger=source.resize_only_if_bigger,
+                                 encode_format=source.encode_format, encode_quality=source.encode_quality,
+                                 number_sample_per_shard=number_sample_per_shard,
+                                 processes_count=source.processes_count, thread_count=source.threads,
+                                 timeout=source.timeout, retries=source.retries, distributor=source.distributor,
+                                 incremental_mode="incremental",
                                  oom_shard_count=SHARD_DIGITS, **extra)
                     except (TypeError, ValueError) as err:  # img2dataset's own argument checks
                         raise DownloadError(f"img2dataset refused the settings: {err}") from err
@@ -527,8 +500,8 @@ def download_shards(url_list: str | os.PathLike, output_dir: str | os.PathLike, 
                 promoter.join()
             input_file.unlink(missing_ok=True)
             with contextlib.suppress(OSError, tarfile.TarError):  # even when interrupted: finished shards
-                _promote(work, output_dir, prefix, running=True, sort_samples=sort_samples)  # get their names
-        _promote(work, output_dir, prefix, running=False, sort_samples=sort_samples)
+                _promote(work, output_dir, prefix, running=True, sort_samples=source.sort_samples)  # get their names
+        _promote(work, output_dir, prefix, running=False, sort_samples=source.sort_samples)
     journal.unlink(missing_ok=True)
 
     stats, missing = _summarise(work, output_dir, prefix, shard_count)

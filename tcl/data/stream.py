@@ -50,11 +50,11 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from ..errors import TCLError
 from ..model.tcl import IMAGENET_MEAN, IMAGENET_STD
+from .config import AUGMENTATIONS, ShardSource, StreamConfig  # re-exported: the data section lives there
 
 __all__ = ["AUGMENTATIONS", "ShardSource", "StreamConfig", "StreamState", "StreamError", "TrainingStream",
            "expand_shards", "build_transform", "build_loader"]
 
-AUGMENTATIONS = ("paper", "crop", "none")
 IMAGE_KEYS = ("jpg", "jpeg", "png", "webp")
 TEXT_KEYS = ("txt", "text")
 # <prefix><index>.tar as the download stage names shards: a gap in the indices is a missing shard
@@ -64,29 +64,6 @@ _TAR_BLOCK = 512
 
 class StreamError(TCLError, ValueError):
     """The stream cannot start: no shards, or a resume state from another setup."""
-
-
-@dataclass(frozen=True)
-class ShardSource:
-    """Shards of one data set: brace patterns (``cc-{000000..001175}.tar``), globs or folders."""
-
-    patterns: tuple[str, ...] = ()
-    weight: float = 1.0
-    name: str = ""
-
-
-@dataclass(frozen=True)
-class StreamConfig:
-    sources: tuple[ShardSource, ...] = ()
-    batch_size: int = 64  # per rank; every batch is full (partial=False in the official code)
-    num_workers: int = 2
-    seed: int = 0
-    shuffle_buffer: int = 2000
-    shuffle_initial: int = 100
-    image_size: int = 224
-    augment: str = "paper"  # "paper" (timm RandAugment, as official build_img_transform), "crop" or "none"
-    crop_scale_min: float = 0.08
-    context_length: int = 77
 
 
 @dataclass

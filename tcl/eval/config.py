@@ -12,6 +12,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from ..errors import require
+from ..model.templates import TEMPLATES
+from .benchmarks import BENCHMARKS
+
 __all__ = ["Protocol", "Protocols", "DataRoots", "EvalConfig", "Settings", "SETTINGS", "PRECISIONS", "BASELINES"]
 
 PRECISIONS = ("fp32", "bf16", "fp16")
@@ -46,6 +50,10 @@ class Protocol:
     long_side: int = 2048
     crop: int = 448
     stride: int = 224
+
+    def __post_init__(self) -> None:
+        for name in ("short_side", "long_side", "crop", "stride"):
+            require(getattr(self, name) >= 1, name, "must be >= 1", getattr(self, name))
 
 
 @dataclass(frozen=True)
@@ -90,6 +98,25 @@ class EvalConfig:
     num_workers: int = 2  # data-loader processes (decode + resize)
     precision: str = "fp32"  # fp32 | bf16 | fp16 autocast (GPU option, checked against fp32)
     overlays: int = 4  # qualitative image | ground truth | prediction panels per benchmark
+
+    def __post_init__(self) -> None:
+        require(self.setting in SETTINGS, "setting", f"must be one of {', '.join(SETTINGS)}", self.setting)
+        for name in ("bg_thresh", "kp_w"):
+            value = getattr(self, name)
+            require(value is None or 0 <= value <= 1, name, "must be in [0, 1] (or null: the setting's)", value)
+        require(self.template is None or self.template in TEMPLATES, "template",
+                f"must be one of {', '.join(TEMPLATES)}", self.template)
+        require(all(b in BENCHMARKS for b in self.benchmarks), "benchmarks",
+                f"must name known benchmarks ({', '.join(BENCHMARKS)})", self.benchmarks)
+        require(len(self.bg_thresh_candidates) > 0 and all(0 <= t <= 1 for t in self.bg_thresh_candidates),
+                "bg_thresh_candidates", "must be a non-empty list of values in [0, 1]", self.bg_thresh_candidates)
+        require(self.bg_thresh_split in BENCHMARKS and BENCHMARKS[self.bg_thresh_split].with_background,
+                "bg_thresh_split", "must be a known benchmark with a background class (a training split, t_*)",
+                self.bg_thresh_split)
+        for name, low in (("window_batch", 1), ("image_batch", 1), ("num_workers", 0)):
+            require(getattr(self, name) >= low, name, f"must be >= {low}", getattr(self, name))
+        require(self.precision in PRECISIONS, "precision", f"must be one of {', '.join(PRECISIONS)}", self.precision)
+        require(self.overlays >= 0, "overlays", "must be >= 0", self.overlays)
 
     def settings(self) -> Settings:
         """The setting's values with this config's explicit overrides applied."""

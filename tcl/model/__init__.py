@@ -4,7 +4,9 @@ from .._exports import lazy_exports
 
 _WHERE = {
     "TCL": "tcl",
-    "TCLConfig": "tcl",
+    "TCLConfig": "config",
+    "ClipSettings": "config",
+    "check_clip_config": "config",
     "create_tcl": "factory",
     "create_clip": "factory",
     "read_weights": "factory",

@@ -18,7 +18,8 @@ import torch
 from torch import nn
 
 from ..serialization import LoadError, safe_load
-from .tcl import TCL, TCLConfig
+from .config import CLIP_CONFIG_REQUIRED, TCLConfig, check_clip_config  # re-exported (torch-free home)
+from .tcl import TCL
 
 __all__ = [
     "WeightsError",
@@ -82,68 +83,6 @@ def clip_from_openai_state_dict(state_dict: dict[str, torch.Tensor]) -> nn.Modul
     except (RuntimeError, KeyError) as err:
         raise WeightsError(f"CLIP weights do not fit an OpenAI ViT CLIP: {err}") from None
     return model.float().eval()
-
-
-#: What a CLIP config dict must give (open_clip would silently fill the rest with ViT-B/16-sized
-#: defaults: a config missing ``width`` builds a 768-wide tower): the tower sizes TCL depends on.
-CLIP_CONFIG_REQUIRED = {
-    "": ("embed_dim", "vision_cfg", "text_cfg"),
-    "vision_cfg": ("image_size", "patch_size", "width", "head_width", "layers"),
-    "text_cfg": ("context_length", "vocab_size", "width", "heads", "layers"),
-}
-
-
-def check_clip_config(cfg: dict) -> dict:
-    """Check a CLIP config dict (``clip.model``) before anything is built; returns it.
-
-    Raises ``ValueError("<key>: <why>")`` with the key relative to the dict (``vision_cfg.width``)
-    for a missing required key, a key open_clip does not know (its constructors would raise a
-    TypeError) or a size that is not a positive integer or does not divide as the towers need.
-    """
-    import dataclasses
-
-    known = {
-        "": set(_keyword_parameters(open_clip.CLIP.__init__)),
-        "vision_cfg": {f.name for f in dataclasses.fields(open_clip.model.CLIPVisionCfg)},
-        "text_cfg": {f.name for f in dataclasses.fields(open_clip.model.CLIPTextCfg)},
-    }
-    for part, names in CLIP_CONFIG_REQUIRED.items():
-        section = cfg if not part else cfg.get(part)
-        prefix = f"{part}." if part else ""
-        if not isinstance(section, dict):
-            raise ValueError(f"{part}: expected a mapping, got {type(section).__name__} {section!r}")
-        for name in section:
-            if name not in known[part]:
-                raise ValueError(f"{prefix}{name}: not an open_clip {part or 'CLIP'} key "
-                                 f"(needed: {', '.join(names)})")
-        for name in names:
-            if name not in section:
-                raise ValueError(f"{prefix}{name}: missing (a CLIP config dict needs {', '.join(names)}"
-                                 + (" in " + part if part else "") + ")")
-            value = section[name]
-            if isinstance(value, dict):
-                continue
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"{prefix}{name}: must be a positive integer, got {value!r}")
-    vision, text = cfg["vision_cfg"], cfg["text_cfg"]
-    if vision["width"] % vision["head_width"]:
-        raise ValueError(f"vision_cfg.width: must be a multiple of head_width ({vision['head_width']}), "
-                         f"got {vision['width']}")
-    if vision["image_size"] % vision["patch_size"]:
-        raise ValueError(f"vision_cfg.image_size: must be a multiple of patch_size ({vision['patch_size']}), "
-                         f"got {vision['image_size']}")
-    if text["width"] % text["heads"]:
-        raise ValueError(f"text_cfg.width: must be a multiple of heads ({text['heads']}), got {text['width']}")
-    if "quick_gelu" in cfg and not isinstance(cfg["quick_gelu"], bool):
-        raise ValueError(f"quick_gelu: expected bool, got {cfg['quick_gelu']!r}")
-    return cfg
-
-
-def _keyword_parameters(function) -> list[str]:
-    """Keyword parameters of ``function`` (without ``self``)."""
-    import inspect
-
-    return [name for name in inspect.signature(function).parameters if name != "self"]
 
 
 def create_clip(model: str | dict = OPENAI_VIT_B16, weights: str | os.PathLike | None = None) -> nn.Module:

@@ -9,8 +9,6 @@ embeddings, one CLIP for both towers).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -23,6 +21,7 @@ from .clip_towers import (
     run_blocks,
     tokens_to_map,
 )
+from .config import TCLConfig  # re-exported: the model section lives beside, torch-free
 from .losses import (
     ImageTextContrastiveLoss,
     RegionTextContrastiveLoss,
@@ -43,23 +42,6 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
-@dataclass(frozen=True)
-class TCLConfig:
-    """Model hyper-parameters (defaults: the released ViT-B/16 model, kakaobrain/tcl bc2b551 configs/tcl.yml)."""
-
-    ie_freeze: int = 11  # CLIP blocks 1..ie_freeze stay frozen and shared; the rest are copied
-    decoder_stages: int = 2  # each stage upsamples ×2: masks at stride 16 / 2**stages
-    sim2mask_init_w: float = 10.0
-    sim2mask_init_b: float = -2.5
-    gumbel_tau: float = 1.0
-    tcl_w: float = 0.1  # weight of both image- and region-level TCL losses
-    area_w: float = 0.4
-    pos_area_prior: float = 0.4
-    neg_area_prior: float = 0.0
-    tv_w: float = 1.0
-    text_chunk_size: int = 1024  # prompts encoded per text-tower call
-
-
 class TCL(nn.Module):
     """TCL on an open_clip ViT CLIP.
 
@@ -69,8 +51,9 @@ class TCL(nn.Module):
     (see :meth:`normalize`).
     """
 
-    def __init__(self, clip: nn.Module, config: TCLConfig = TCLConfig(), tokenizer=None) -> None:
+    def __init__(self, clip: nn.Module, config: TCLConfig | None = None, tokenizer=None) -> None:
         super().__init__()
+        config = config or TCLConfig()
         visual = clip.visual
         depth = len(visual.transformer.resblocks)
         if not 1 <= config.ie_freeze < depth:

@@ -1,8 +1,11 @@
-"""Training: optimisation recipe (and, in later modules, the training loop and checkpoints)."""
+"""Training: the sections it reads (:mod:`.config`, torch-free), the optimisation recipe, the loop and checkpoints."""
 
 from .._exports import lazy_exports
 
 _WHERE = {
+    "TrainConfig": "config",
+    "ClipPretrainConfig": "config",
+    "PRECISIONS": "config",
     "build_optimizer": "optim",
     "learning_rate_at": "optim",
     "parameter_groups": "optim",

@@ -11,25 +11,14 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 
 import torch
 from torch import nn
 
+from .config import ClipPretrainConfig  # re-exported: the prepare_clip section lives there
 from .optim import learning_rate_at, parameter_groups
 
 __all__ = ["ClipPretrainConfig", "pretrain_clip"]
-
-
-@dataclass(frozen=True)
-class ClipPretrainConfig:
-    steps: int = 1500
-    lr: float = 1e-3
-    min_lr: float = 1e-5
-    warmup_steps: int = 50
-    weight_decay: float = 0.1
-    grad_clip: float = 1.0
-    log_every: int = 50
 
 
 def pretrain_clip(clip: nn.Module, batches: Iterator[dict], config: ClipPretrainConfig,

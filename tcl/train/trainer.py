@@ -21,7 +21,6 @@ import signal
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -43,6 +42,7 @@ from ..data.stream import StreamError, StreamState, TrainingStream, build_loader
 from ..errors import TCLError
 from ..model import TCL
 from ..runtime import Runtime, autocast, make_grad_scaler, resolve_precision, start_runtime
+from .config import TrainConfig  # re-exported: the train section lives there, torch-free
 from .optim import build_optimizer, learning_rate_at, scaled_learning_rates
 from .progress import CurveFile, Meters, format_log_line, mask_preview
 
@@ -52,31 +52,6 @@ if TYPE_CHECKING:
 __all__ = ["TrainConfig", "TrainingError", "Trainer", "train"]
 
 LATEST, BEST = "latest.pt", "best.pt"
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """Training schedule and bookkeeping (defaults: the released recipe, kakaobrain/tcl bc2b551 configs/tcl.yml)."""
-
-    steps: int = 50000  # optimizer steps
-    ust_steps: int = 30000  # decoder-only phase: the masker's block copies stay fixed before this step
-    lr: float = 3e-4  # for a global batch of 4096; scaled linearly unless scale_lr is false
-    min_lr: float = 4e-5
-    warmup_steps: int = 15000
-    scale_lr: bool = True
-    weight_decay: float = 0.05
-    adam_eps: float = 1e-6
-    grad_clip: float = 5.0
-    grad_accum: int = 1  # micro-batches per optimizer step: global batch = batch_size × world × grad_accum
-    precision: str = "auto"  # auto (bf16/fp16 on GPU, fp32 on CPU), fp32, bf16, fp16
-    seed: int = 0
-    log_every: int = 20
-    image_every: int = 500  # mask previews logged to MLflow
-    checkpoint_every: int = 5000
-    val_every: int = 5000  # 0: validate only at the end
-    val_benchmarks: tuple[str, ...] = ("t_voc20", "t_context59")
-    val_metric: str = "avg_miou"  # best.pt maximises val/<val_metric>
-    max_nonfinite: int = 20  # stop after this many consecutive steps with non-finite loss or gradients
 
 
 class TrainingError(TCLError, RuntimeError):
@@ -96,12 +71,6 @@ class Trainer:
                  metrics_dir: str | Path = "metrics", root: str | Path = ".", track: bool = True,
                  log: Callable[[str], None] = print, runtime: Runtime | None = None) -> None:
         self.params, self.cfg = params, params.train
-        metrics = {"avg_miou", *(f"{name}_miou" for name in self.cfg.val_benchmarks)}
-        if self.cfg.val_benchmarks and self.cfg.val_metric not in metrics:
-            from ..config import ConfigError
-
-            raise ConfigError(f"train.val_metric: must be one of {', '.join(sorted(metrics))}, "
-                              f"got {self.cfg.val_metric!r}")
         self.out_dir, self.metrics_dir, self.root = Path(out_dir), Path(metrics_dir), Path(root)
         self.runtime = runtime or start_runtime()
         self.log = log if self.runtime.is_main else (lambda _message: None)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import gzip
 import importlib.util
 import io
@@ -24,11 +25,13 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
+from tcl.data.config import DownloadSource
 from tcl.data.download import DownloadError, download_shards, is_transient, read_url_list, shard_name, work_dir
+from tcl.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[2]
 STAGE = str(REPO / "stages" / "download.py")
-FAST = dict(processes_count=1, thread_count=4, timeout=1, promote_interval=0.2)
+FAST = dict(processes=1, threads=4, timeout=1, promote_interval=0.2)
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
 
@@ -37,6 +40,15 @@ def _jpeg(size: tuple[int, int], noise: bool = False) -> bytes:
     buffer = io.BytesIO()
     image.save(buffer, "JPEG")
     return buffer.getvalue()
+
+
+def _download(url_list: Path, out: Path, *, serve_root: Path | None = None, stats_path: Path | None = None,
+              overwrite: bool = False, promote_interval: float = 2.0, **settings) -> dict:
+    """download_shards on the DownloadSource of ``url_list`` (served from ``serve_root``) → ``out``."""
+    where = (dict(root=str(serve_root), list=str(url_list.absolute()), serve=True) if serve_root is not None
+             else dict(root=str(url_list.parent), list=url_list.name))
+    source = DownloadSource(**where, out=str(out), **settings)
+    return download_shards(source, stats_path=stats_path, overwrite=overwrite, promote_interval=promote_interval)
 
 
 SMALL, BIG, NOISY = _jpeg((24, 20)), _jpeg((80, 60)), _jpeg((64, 64), noise=True)
@@ -163,31 +175,37 @@ def test_relative_paths_count_as_urls_under_a_serve_root(tmp_path):
 def test_bad_inputs_give_one_line_errors(tmp_path):
     out = tmp_path / "out"
     with pytest.raises(DownloadError, match="URL list not found: .*nowhere.tsv"):
-        download_shards(tmp_path / "nowhere.tsv", out)
+        _download(tmp_path / "nowhere.tsv", out)
     no_urls = _write_tsv(tmp_path / "no_urls.tsv", [("a cat", "a dog"), ("a car", "a bus")])
     with pytest.raises(DownloadError, match="no_urls.tsv: no URL column found"):
-        download_shards(no_urls, out)
+        _download(no_urls, out)
     (tmp_path / "empty.tsv").write_text("")
     with pytest.raises(DownloadError, match="empty.tsv: the URL list is empty"):
-        download_shards(tmp_path / "empty.tsv", out)
+        _download(tmp_path / "empty.tsv", out)
     header_only = _write_tsv(tmp_path / "header.tsv", [], ("caption", "url"))
     with pytest.raises(DownloadError, match="header.tsv: the URL list holds no"):
-        download_shards(header_only, out)
+        _download(header_only, out)
     good = _write_tsv(tmp_path / "good.tsv", [(u, c) for u, c in PAIRS])
     blocker = tmp_path / "a_file"
     blocker.write_text("")
     with pytest.raises(DownloadError, match="cannot write to output directory .*a_file/out"):
-        download_shards(good, blocker / "out")
-    with pytest.raises(DownloadError, match="prefix 'a/b-' must be a plain file-name start"):
-        download_shards(good, out, prefix="a/b-")
-    with pytest.raises(DownloadError, match="encode_quality for png must be in 0..9"):
-        download_shards(good, out, encode_format="png")
-    with pytest.raises(DownloadError, match="unknown or reserved img2dataset argument.*: nope, output_folder"):
-        download_shards(good, out, img2dataset_args={"nope": 1, "output_folder": "x", "min_image_size": 8})
+        _download(good, blocker / "out")
+    # settings DownloadSource refuses when it is built (from params.yaml, the command line or code)
+    with pytest.raises(ConfigError, match=r"prefix: must be a plain file-name start .*, got .a/b-."):
+        _download(good, out, prefix="a/b-")
+    with pytest.raises(ConfigError, match=r"encode_quality: must be in \[0, 9\] for png .*, got 95"):
+        _download(good, out, encode_format="png")
+    with pytest.raises(ConfigError, match="extra.output_folder: set by this section or the stage"):
+        _download(good, out, extra={"output_folder": "x"})
+    with pytest.raises(ConfigError, match="extra.url_col: set by this section or the stage"):
+        _download(good, out, extra={"url_col": "x"})
+    # what only the environment tells: img2dataset's own arguments, the distributor's package
+    with pytest.raises(DownloadError, match="unknown or reserved img2dataset argument.*: nope$"):
+        _download(good, out, extra={"nope": 1, "min_image_size": 8})
     for name in ("pyspark", "ray"):
         if importlib.util.find_spec(name) is None:
             with pytest.raises(DownloadError, match=f"distributor '{name}' needs the {name} package"):
-                download_shards(good, out, distributor=name)
+                _download(good, out, distributor=name)
 
 
 def _load_stage():
@@ -211,6 +229,30 @@ def test_stage_reports_bad_input_in_one_line(tmp_path, capsys):
     assert exit_info.value.code == 2 and "download: error: argument --set" in capsys.readouterr().err
 
 
+def test_stage_settings_are_one_download_source(tmp_path):
+    """The stage's command line has no defaults of its own: unset options are DownloadSource's defaults (or the
+    file's entry with --source), given ones replace single fields, --set adds to the entry's extra."""
+    stage = _load_stage()
+    parser = stage._parser()
+    plain = stage.build_source(parser.parse_args(["--list", str(tmp_path / "l.tsv"), "--out", str(tmp_path / "o")]))
+    assert plain == DownloadSource(root=str(tmp_path), list="l.tsv", out=str(tmp_path / "o"))
+    params = REPO / "params.yaml"
+    from tcl.config import load_params
+
+    entry = load_params(params).download.sources["synthetic"]
+    args = ["--params", str(params), "--source", "synthetic"]
+    assert stage.build_source(parser.parse_args(args)) == entry
+    changed = stage.build_source(parser.parse_args([*args, "--threads", "3", "--no-sort-samples", "--set",
+                                                    "min_image_size=8", "--out", str(tmp_path / "o")]))
+    assert changed == dataclasses.replace(entry, threads=3, sort_samples=False, extra={"min_image_size": 8},
+                                          out=str(tmp_path / "o"))
+    served = stage.build_source(parser.parse_args(["--list", str(tmp_path / "c" / "p.tsv"), "--serve-root",
+                                                   str(tmp_path / "c"), "--out", "o"]))
+    assert (served.url_list, served.serve_root) == (tmp_path / "c" / "p.tsv", tmp_path / "c")
+    with pytest.raises(ConfigError, match="threads: must be >= 1, got 0"):
+        stage.build_source(parser.parse_args([*args, "--threads", "0"]))
+
+
 # --------------------------------------------------------------------------- downloading
 
 def test_shards_failures_and_resume(tmp_path, server):
@@ -221,8 +263,8 @@ def test_shards_failures_and_resume(tmp_path, server):
     url_list = _write_tsv(tmp_path / "gcc.tsv", list(zip(captions, urls, strict=True)), ("caption", "url"))
     out, stats_path = tmp_path / "gcc3m", tmp_path / "metrics" / "download.json"
 
-    stats = download_shards(url_list, out, prefix="gcc-train-", stats_path=stats_path, image_size=32,
-                            number_sample_per_shard=4, **FAST)
+    stats = _download(url_list, out, prefix="gcc-train-", stats_path=stats_path, image_size=32,
+                            samples_per_shard=4, **FAST)
     names = [shard_name("gcc-train-", i) for i in range(3)]
     assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == names
     assert json.loads(stats_path.read_text()) == stats
@@ -251,8 +293,8 @@ def test_shards_failures_and_resume(tmp_path, server):
     kept = {n: (out / n).stat() for n in (names[0], names[2])}
     (out / names[1]).unlink()
     server.requests.clear()
-    again = download_shards(url_list, out, prefix="gcc-train-", stats_path=stats_path, image_size=32,
-                            number_sample_per_shard=4, **FAST)
+    again = _download(url_list, out, prefix="gcc-train-", stats_path=stats_path, image_size=32,
+                            samples_per_shard=4, **FAST)
     assert server.requests == Counter(paths[4:8])  # shard 1's rows, once each
     assert (out / names[1]).exists() and again["shards_downloaded_now"] == 1
     for name, before in kept.items():
@@ -262,12 +304,12 @@ def test_shards_failures_and_resume(tmp_path, server):
     assert {k: v for k, v in again.items() if k not in per_run} == {k: v for k, v in stats.items() if k not in per_run}
 
     with pytest.raises(DownloadError, match=r"other settings \(changed: image_size\); use overwrite"):
-        download_shards(url_list, out, prefix="gcc-train-", image_size=64, number_sample_per_shard=4, **FAST)
+        _download(url_list, out, prefix="gcc-train-", image_size=64, samples_per_shard=4, **FAST)
     server.requests.clear()
-    assert download_shards(url_list, out, prefix="gcc-train-", image_size=32, number_sample_per_shard=4,
+    assert _download(url_list, out, prefix="gcc-train-", image_size=32, samples_per_shard=4,
                            **FAST)["shards_downloaded_now"] == 0
     assert not server.requests
-    redone = download_shards(url_list, out, prefix="gcc-train-", image_size=64, number_sample_per_shard=5,
+    redone = _download(url_list, out, prefix="gcc-train-", image_size=64, samples_per_shard=5,
                              overwrite=True, **FAST)
     assert redone["shards_downloaded_now"] == 2 and redone["samples_succeeded"] == 6
     assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == names[:2]
@@ -282,12 +324,12 @@ def test_sorted_shards_are_in_key_order_and_the_same_bytes_on_every_run(tmp_path
         with tarfile.open(folder / shard_name("", 0)) as tar:
             return [member.name for member in tar.getmembers()]
 
-    download_shards(url_list, tmp_path / "plain", image_size=32, number_sample_per_shard=5, **FAST)
+    _download(url_list, tmp_path / "plain", image_size=32, samples_per_shard=5, **FAST)
     plain = keys(tmp_path / "plain")
     assert plain != sorted(plain)  # img2dataset's order: as the downloads finish, the late rows last
     shards = []
     for run in ("a", "b"):
-        download_shards(url_list, tmp_path / run, image_size=32, number_sample_per_shard=5, sort_samples=True,
+        _download(url_list, tmp_path / run, image_size=32, samples_per_shard=5, sort_samples=True,
                         **FAST)
         shards.append((tmp_path / run / shard_name("", 0)).read_bytes())
         assert keys(tmp_path / run) == sorted(plain)
@@ -306,7 +348,7 @@ def test_serve_root_from_a_worker_thread(tmp_path):
 
     def run() -> None:  # a Prefect task runs in a thread, where signal.signal is not allowed
         try:
-            result["stats"] = download_shards(url_list, tmp_path / "out", prefix="synth-", serve_root=root,
+            result["stats"] = _download(url_list, tmp_path / "out", prefix="synth-", serve_root=root,
                                               image_size=32, **FAST)
         except BaseException as err:  # noqa: BLE001 - reported by the assertion below
             result["error"] = err
@@ -468,8 +510,8 @@ def _interrupt_and_resume(tmp_path: Path, server: ImageServer, how: str, when: s
     assert stats["samples_succeeded"] == len(deliverable) and stats["failed_transient"] == 0
     assert stats["shards"] == shards and not list(work.glob("*.tar"))
     # the permanent failures are final: nothing is downloaded again
-    again = download_shards(url_list, out, prefix="synthetic-", serve_root=tmp_path / "corpus", image_size=32,
-                            number_sample_per_shard=20, timeout=25)
+    again = _download(url_list, out, prefix="synthetic-", serve_root=tmp_path / "corpus", image_size=32,
+                            samples_per_shard=20, timeout=25)
     assert again["shards_downloaded_now"] == 0 and again["samples_succeeded"] == len(deliverable)
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import itertools
 
-from tcl.data import ShardSource, StreamConfig, TrainingStream, build_loader, download_shards
+from tcl.data import DownloadSource, ShardSource, StreamConfig, TrainingStream, build_loader, download_shards
 from tcl.data.synthetic import SyntheticParams, generate_synthetic
 
 
@@ -12,9 +12,9 @@ def test_synthetic_corpus_downloads_into_shards_that_the_stream_reads(tmp_path):
     out = tmp_path / "synthetic"
     generate_synthetic(out, SyntheticParams(pairs=60, val_images=2, train_images=2))
     corpus = out / "corpus"
-    stats = download_shards(corpus / "pairs.tsv", tmp_path / "shards", prefix="synthetic-",
-                            serve_root=corpus, image_size=96, number_sample_per_shard=25, processes_count=1,
-                            thread_count=4, stats_path=tmp_path / "download.json")
+    source = DownloadSource(root=str(corpus), list="pairs.tsv", serve=True, out=str(tmp_path / "shards"),
+                            prefix="synthetic-", image_size=96, samples_per_shard=25, processes=1, threads=4)
+    stats = download_shards(source, stats_path=tmp_path / "download.json")
     assert stats["samples_succeeded"] == 60 and stats["shards"] == 3
     assert sorted(p.name for p in (tmp_path / "shards").glob("*.tar")) == [
         "synthetic-000000.tar", "synthetic-000001.tar", "synthetic-000002.tar"]

@@ -33,6 +33,7 @@ from tcl.data.synthetic import (
     render_scene,
     voc_label_map,
 )
+from tcl.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "stages" / "synthetic.py"
@@ -261,12 +262,12 @@ def test_refuses_foreign_outputs_and_bad_parameters(tmp_path):
     with pytest.raises(SyntheticError, match="holds no synthetic-world manifest.json"):
         generate_synthetic(foreign, TINY)
     assert (foreign / "notes.txt").read_text() == "keep me"
-    for bad, message in ((dict(pairs=0), "pairs must be >= 1"), (dict(image_size=16), "image_size must be within"),
-                         (dict(max_objects=4), "max_objects must be 1, 2 or 3"),
-                         (dict(min_object_frac=0.5), "min_object_frac must be within"),
-                         (dict(seed=1.5), "seed must be an integer"), (dict(pairs=True), "pairs must be an integer")):
-        with pytest.raises(SyntheticError, match=message):
-            SyntheticParams(**bad).validate()
+    for bad, message in ((dict(pairs=0), "pairs: must be >= 1"), (dict(image_size=16), "image_size: must be within"),
+                         (dict(max_objects=4), "max_objects: must be 1, 2 or 3"),
+                         (dict(min_object_frac=0.5), "min_object_frac: must be within"),
+                         (dict(seed=1.5), "seed: must be an integer"), (dict(pairs=True), "pairs: must be an integer")):
+        with pytest.raises(ConfigError, match=message):  # built in code: checked on construction
+            SyntheticParams(**bad)
 
 
 def test_measure_throughput():
@@ -291,7 +292,7 @@ def test_stage_command_line_help_and_one_line_errors(tmp_path):
     assert bad.returncode == 2 and "Traceback" not in bad.stderr
     lines = [line for line in bad.stderr.splitlines() if line.strip() and "lbumentations" not in line
              and "check_for_updates" not in line]
-    assert lines == ["synthetic: error: pairs must be >= 1, got 0"]
+    assert lines == ["synthetic: error: pairs: must be >= 1, got 0"]
 
 
 def test_stage_main_runs_and_reruns(tmp_path, capsys):

@@ -64,7 +64,7 @@ def test_paper_setting_validates_and_switches_everything_that_differs(params_fil
     ("pipeline.baselines=[]", "pipeline.baselines: one or both of step0, maskclip"),
     ("pipeline.nproc_per_node=0", "pipeline.nproc_per_node: must be >= 1"),
     ("pipeline.coco_object.synthetic.out=''", "pipeline.coco_object.synthetic.out: must be set"),
-    ("synthetic.pairs=0", "synthetic.pairs must be >= 1"),
+    ("synthetic.pairs=0", "synthetic.pairs: must be >= 1"),  # the one style: "<key>: ..."
     ("train.steps=-1", "train.steps: must be >= 1"),
 ])
 def test_bad_values_fail_in_one_line_naming_the_key(params_file, override, message):

@@ -33,7 +33,7 @@ The code is split by concern: :mod:`.vocabulary` (the object and stuff kinds), :
 (silhouettes, textures, backgrounds), :mod:`.render` (layout and :func:`render_scene`),
 :mod:`.captions`, :mod:`.benchmarks` (mmseg class ids and label maps) and :mod:`.generate` (the
 output layout, :func:`generate_synthetic` and :func:`measure_throughput`); :mod:`.errors` holds
-:class:`SyntheticError`.
+:class:`SyntheticError`; :mod:`.config` the torch-free :class:`SyntheticParams` (``params.yaml``'s ``synthetic``).
 """
 
 from ..._exports import lazy_exports
@@ -47,7 +47,7 @@ _WHERE = {
     "KIND_NAMES": "vocabulary",
     "STUFF_NAMES": "vocabulary",
     "Scene": "render",
-    "SyntheticParams": "generate",
+    "SyntheticParams": "config",
     "SyntheticError": "errors",
     "BenchmarkIds": "benchmarks",
     "benchmark_ids": "benchmarks",

@@ -15,13 +15,14 @@ import tempfile
 import time
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
 from .benchmarks import BenchmarkIds, _voc_palette, benchmark_ids, coco_stuff_label_maps, voc_label_map
+from .config import SyntheticParams  # re-exported: the synthetic section lives there
 from .errors import SyntheticError
 from .render import render_scene
 from .vocabulary import OBJECT_KINDS, STUFF_KINDS
@@ -43,44 +44,6 @@ COCO_STUFF_DIR = "coco_stuff164k"
 STREAMS = {"corpus": 0, "voc/train": 1, "voc/val": 2, "coco_stuff/train": 3, "coco_stuff/val": 4}
 _SHARD_SIZE = 1000
 _COCO_VAL_ID_OFFSET = 1_000_000  # keeps image ids unique across train2017 and val2017, like real COCO
-
-
-@dataclass(frozen=True)
-class SyntheticParams:
-    """Everything the output depends on; stored in the manifest to make reruns no-ops."""
-
-    seed: int = 0
-    pairs: int = 20000
-    image_size: int = 96
-    eval_image_size: int = 128
-    val_images: int = 200
-    train_images: int = 100
-    max_objects: int = 3
-    min_object_frac: float = 1 / 16
-    jpeg_quality: int = 90
-
-    def validate(self) -> SyntheticParams:
-        for f in fields(self):
-            value = getattr(self, f.name)
-            wanted = float if f.name == "min_object_frac" else int
-            if isinstance(value, bool) or not isinstance(value, (int, float) if wanted is float else int):
-                raise SyntheticError(f"{f.name} must be {'a number' if wanted is float else 'an integer'}, "
-                                     f"got {value!r}")
-        checks = [
-            ("seed", 0 <= self.seed < 2**63, "must be >= 0"),
-            ("pairs", self.pairs >= 1, "must be >= 1"),
-            ("image_size", 32 <= self.image_size <= 1024, "must be within 32..1024 px"),
-            ("eval_image_size", 32 <= self.eval_image_size <= 2048, "must be within 32..2048 px"),
-            ("val_images", self.val_images >= 1, "must be >= 1"),
-            ("train_images", self.train_images >= 0, "must be >= 0"),
-            ("max_objects", 1 <= self.max_objects <= 3, "must be 1, 2 or 3"),
-            ("min_object_frac", 0 < self.min_object_frac <= 0.15, "must be within (0, 0.15]"),
-            ("jpeg_quality", 50 <= self.jpeg_quality <= 100, "must be within 50..100"),
-        ]
-        for name, ok, why in checks:
-            if not ok:
-                raise SyntheticError(f"{name} {why}, got {getattr(self, name)!r}")
-        return self
 
 
 def _corpus_relpath(index: int) -> str:
@@ -246,7 +209,7 @@ def generate_synthetic(out: str | os.PathLike, params: SyntheticParams | None = 
 
     Returns ``{"skipped": bool, "seconds": float, "pairs_per_s": float | None, "manifest": dict}``.
     """
-    params = (params or SyntheticParams()).validate()
+    params = params or SyntheticParams()
     if workers < 1:
         raise SyntheticError(f"workers must be >= 1, got {workers}")
     out = Path(out)
@@ -291,7 +254,7 @@ def measure_throughput(pairs: int = 1000, image_size: int = 96, workers: int = 1
     Returns ``{"pairs": int, "seconds": float, "pairs_per_s": float, "workers": int}``; does not
     import mmseg, so it measures the generator alone.
     """
-    params = SyntheticParams(seed=seed, pairs=pairs, image_size=image_size).validate()
+    params = SyntheticParams(seed=seed, pairs=pairs, image_size=image_size)
     if workers < 1:
         raise SyntheticError(f"workers must be >= 1, got {workers}")
     with tempfile.TemporaryDirectory(prefix="tcl-synthetic-") as tmp:

@@ -79,7 +79,7 @@ def test_bad_input_gives_one_line_errors(tmp_path, tiny_checkpoint, capsys):
     assert error(str(tmp_path / "ok.png"), "--phrases", "cat", *ckpt, "--max-pixels", "1000") == \
         f"tcl: error: {tmp_path / 'ok.png'}: image too large (96x72 = 6912 pixels; the limit is 1000)"
     assert error(str(tmp_path / "ok.png"), "--phrases", "cat", *ckpt, "--kp-w", "2") == \
-        "tcl: error: kp_w must be in [0, 1], got 2.0"
+        "tcl: error: kp_w: must be in [0, 1], got 2.0"
     assert error(str(tmp_path / "ok.png"), "--phrases", "cat", "--checkpoint", str(tmp_path / "not_an_image.png")) \
         .startswith(f"tcl: error: {tmp_path / 'not_an_image.png'}: not a readable")
     # A checkpoint whose weights do not fit the model its parameters describe.

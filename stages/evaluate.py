@@ -191,7 +191,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.clip is not None and args.baseline is None:
-        parser.error("--clip needs --baseline step0 or --baseline maskclip")
+        parser.error(f"--clip needs --baseline {' or --baseline '.join(BASELINES)}")
     if args.checkpoint is not None and args.baseline is not None:
         parser.error("--baseline goes with --clip, not --checkpoint")
     if args.limit is not None and args.limit < 1:

@@ -112,7 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _options(args):
     from .inference import PredictOptions
 
-    return PredictOptions.of(short_side=args.short_side, pamr=args.pamr, kp_w=args.kp_w, bg_thresh=args.bg_thresh,
+    return PredictOptions(short_side=args.short_side, pamr=args.pamr, kp_w=args.kp_w, bg_thresh=args.bg_thresh,
                              template=args.template, sliding=args.sliding, crop=args.crop, stride=args.stride,
                              max_pixels=args.max_pixels)
 

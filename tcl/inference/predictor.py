@@ -31,46 +31,47 @@ __all__ = ["PredictOptions", "Predictor", "load_inference_model", "overlay_image
            "write_outputs"]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, init=False)
 class PredictOptions:
     """What a service runs with: the :class:`InferenceSettings` plus how it runs them. ``sliding``
     switches from one whole-image pass to the benchmark's windows (``settings.crop`` / ``stride``),
     ``window_batch`` windows per forward pass; images over ``max_pixels`` are refused.
 
-    :meth:`of` and :meth:`replace` take the fields of both flat (``short_side=64, sliding=True``),
-    which is how the command line, the MLflow model's config and requests, and the web demo name them.
+    The settings' fields may also be given flat, ``PredictOptions(short_side=64, bg_thresh=None)``
+    (applied to ``settings``, by default :data:`DEFAULT_SETTINGS`), and so may :meth:`replace`'s:
+    that is how the command line, the MLflow model's config and requests, and the web demo name them.
     """
 
-    settings: InferenceSettings = DEFAULT_SETTINGS
-    sliding: bool = False
-    window_batch: int = 1
-    max_pixels: int = DEFAULT_MAX_PIXELS
+    settings: InferenceSettings
+    sliding: bool
+    window_batch: int
+    max_pixels: int
 
-    def __post_init__(self) -> None:
-        require(isinstance(self.settings, InferenceSettings), "settings", "must be an InferenceSettings",
-                self.settings)
+    def __init__(self, settings: InferenceSettings = DEFAULT_SETTINGS, sliding: bool = False, window_batch: int = 1,
+                 max_pixels: int = DEFAULT_MAX_PIXELS, **setting_changes) -> None:
+        require(isinstance(settings, InferenceSettings), "settings", "must be an InferenceSettings", settings)
+        unknown = set(setting_changes) - _SETTING_NAMES
+        if unknown:  # a misspelt option is the caller's bug, as for any keyword argument
+            raise TypeError(f"PredictOptions() got unexpected keyword argument(s) {sorted(unknown)}")
+        if setting_changes:
+            settings = dataclasses.replace(settings, **setting_changes)
+        for name, value in (("settings", settings), ("sliding", sliding), ("window_batch", window_batch),
+                            ("max_pixels", max_pixels)):
+            object.__setattr__(self, name, value)  # frozen: the dataclass way to set fields in __init__
         require(isinstance(self.sliding, bool), "sliding", "must be true or false", self.sliding)
         require(self.window_batch >= 1, "window_batch", "must be >= 1", self.window_batch)
         require(self.max_pixels >= 1, "max_pixels", "must be >= 1", self.max_pixels)
 
     @classmethod
     def names(cls) -> frozenset[str]:
-        """Every name :meth:`of` and :meth:`replace` accept."""
+        """Every name the constructor and :meth:`replace` accept, flat."""
         return _SETTING_NAMES | _OWN_NAMES
 
-    @classmethod
-    def of(cls, **values) -> PredictOptions:
-        """The defaults with ``values`` (flat names, see :meth:`names`) applied."""
-        return cls().replace(**values)
-
     def replace(self, **changes) -> PredictOptions:
-        """A copy with ``changes`` (flat names) applied; validated like a new object."""
-        unknown = set(changes) - self.names()
-        if unknown:
-            raise TypeError(f"unknown option(s) {sorted(unknown)}")
-        settings = {k: v for k, v in changes.items() if k in _SETTING_NAMES}
-        own = {k: v for k, v in changes.items() if k in _OWN_NAMES}
-        return dataclasses.replace(self, settings=dataclasses.replace(self.settings, **settings), **own)
+        """A copy with ``changes`` (flat names, or ``settings``) applied; validated like a new object."""
+        current = {"settings": self.settings, "sliding": self.sliding, "window_batch": self.window_batch,
+                   "max_pixels": self.max_pixels}
+        return PredictOptions(**{**current, **changes})
 
 
 _SETTING_NAMES = frozenset(f.name for f in dataclasses.fields(InferenceSettings))

@@ -69,7 +69,7 @@ def _model_config(options: PredictOptions) -> dict[str, Any]:
 
 def _options_from_config(config: dict[str, Any]) -> PredictOptions:
     """The inverse of :func:`_model_config`; other keys (device, max_bytes, ...) are not options."""
-    return PredictOptions.of(**{name: config[key] for key, name in _CONFIG_KEYS.items() if key in config})
+    return PredictOptions(**{name: config[key] for key, name in _CONFIG_KEYS.items() if key in config})
 
 
 def encode_image(image) -> str:

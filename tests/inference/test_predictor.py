@@ -14,24 +14,24 @@ from tests.inference.conftest import scene, write_tiny_checkpoint
 
 
 def test_whole_image_prediction_with_and_without_background(tiny_tcl):
-    predictor = Predictor(tiny_tcl, PredictOptions.of(short_side=64))
+    predictor = Predictor(tiny_tcl, PredictOptions(short_side=64))
     image = scene()
     with_bg = predictor.segment(image, "red disc, blue square")
     assert with_bg.names == ["background", "red disc", "blue square"]
     assert with_bg.labels.shape == (72, 96) and with_bg.labels.max() < 3
     assert with_bg.scores.shape == (3, 64, 85)  # processing size: short side 64
     assert sum(with_bg.fractions().values()) == pytest.approx(1.0, abs=1e-5)
-    no_bg = predictor.segment(image, ["red disc", "blue square"], PredictOptions.of(short_side=64, bg_thresh=None))
+    no_bg = predictor.segment(image, ["red disc", "blue square"], PredictOptions(short_side=64, bg_thresh=None))
     assert no_bg.names == ["red disc", "blue square"]
     # Background is a constant channel: it only takes pixels where every phrase scores below it.
     keeps = with_bg.labels > 0
     assert np.array_equal(with_bg.labels[keeps] - 1, no_bg.labels[keeps])
-    all_bg = predictor.segment(image, "red disc", PredictOptions.of(short_side=64, bg_thresh=1.0))
+    all_bg = predictor.segment(image, "red disc", PredictOptions(short_side=64, bg_thresh=1.0))
     assert set(np.unique(all_bg.labels)) == {0}
 
 
 def test_text_embeddings_are_computed_once_per_phrase_list(tiny_tcl):
-    predictor = Predictor(tiny_tcl, PredictOptions.of(short_side=32, pamr=False))
+    predictor = Predictor(tiny_tcl, PredictOptions(short_side=32, pamr=False))
     first = predictor.text_embedding(["cat", "dog"], "custom")
     predictor.segment(scene(), ["cat", "dog"])
     predictor.segment(scene(seed=1), "cat, dog")
@@ -42,12 +42,12 @@ def test_text_embeddings_are_computed_once_per_phrase_list(tiny_tcl):
 def test_sliding_windows_use_the_evaluation_protocol(tiny_tcl):
     predictor = Predictor(tiny_tcl)
     image = scene(120, 64)
-    whole = predictor.segment(image, "red, blue", PredictOptions.of(short_side=64))
+    whole = predictor.segment(image, "red, blue", PredictOptions(short_side=64))
     # One window covering the whole image is the whole-image pass.
-    single = predictor.segment(image, "red, blue", PredictOptions.of(short_side=64, sliding=True, crop=128, stride=64))
+    single = predictor.segment(image, "red, blue", PredictOptions(short_side=64, sliding=True, crop=128, stride=64))
     assert np.allclose(single.scores, whole.scores, atol=1e-5)
     assert np.array_equal(single.labels, whole.labels)
-    windows = predictor.segment(image, "red, blue", PredictOptions.of(short_side=64, sliding=True, crop=64, stride=32))
+    windows = predictor.segment(image, "red, blue", PredictOptions(short_side=64, sliding=True, crop=64, stride=32))
     assert windows.labels.shape == (64, 120) and windows.scores.shape == (3, 64, 120)
 
 
@@ -58,11 +58,11 @@ def test_options_are_validated_with_one_line_errors():
                             ({"short_side": 4}, "short_side: must be >= 16"), ({"window_batch": 0}, "window_batch"),
                             ({"max_pixels": 0}, "max_pixels: must be >= 1")]:
         with pytest.raises(ConfigError, match=message):
-            PredictOptions.of(**kwargs)
+            PredictOptions(**kwargs)
 
 
 def test_predictor_refuses_large_images_and_empty_phrases(tiny_tcl):
-    predictor = Predictor(tiny_tcl, PredictOptions.of(short_side=32, max_pixels=50 * 50))
+    predictor = Predictor(tiny_tcl, PredictOptions(short_side=32, max_pixels=50 * 50))
     with pytest.raises(InputError, match=r"image too large \(96x72"):
         predictor.segment(scene(), "cat")
     with pytest.raises(InputError, match="no phrases"):
@@ -70,7 +70,7 @@ def test_predictor_refuses_large_images_and_empty_phrases(tiny_tcl):
 
 
 def test_outputs_overlay_label_map_and_fractions(tiny_tcl, tmp_path):
-    predictor = Predictor(tiny_tcl, PredictOptions.of(short_side=64))
+    predictor = Predictor(tiny_tcl, PredictOptions(short_side=64))
     image = scene()
     result = predictor.segment(image, "red disc, blue square")
     paths = write_outputs(image, result, "scene", tmp_path / "out")
@@ -87,8 +87,8 @@ def test_checkpoints_load_and_mismatches_are_reported(tmp_path, tiny_tcl):
     model = load_inference_model(checkpoint)
     assert not model.training
     image = scene()
-    ours = Predictor(model, PredictOptions.of(short_side=64)).segment(image, "red, blue")
-    reference = Predictor(tiny_tcl, PredictOptions.of(short_side=64)).segment(image, "red, blue")
+    ours = Predictor(model, PredictOptions(short_side=64)).segment(image, "red, blue")
+    reference = Predictor(tiny_tcl, PredictOptions(short_side=64)).segment(image, "red, blue")
     assert np.array_equal(ours.labels, reference.labels)  # tiny_tcl is the same seeded model
     # Same CLIP, another masker depth: the checkpoint does not fit.
     other = write_tiny_checkpoint(tmp_path / "other", ie_freeze=1)

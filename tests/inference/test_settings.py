@@ -100,15 +100,21 @@ def test_cli_flags_and_help_follow_the_settings_object(monkeypatch, capsys):
 def test_predict_options_take_flat_names():
     from tcl.inference import PredictOptions
 
-    options = PredictOptions.of(short_side=64, bg_thresh=None, sliding=True, window_batch=4)
+    assert PredictOptions().settings is DEFAULT_SETTINGS
+    options = PredictOptions(short_side=64, bg_thresh=None, sliding=True, window_batch=4)  # README's way
     assert options.settings == dataclasses.replace(DEFAULT_SETTINGS, short_side=64, bg_thresh=None)
     assert (options.sliding, options.window_batch) == (True, 4)
-    assert PredictOptions().settings is DEFAULT_SETTINGS
-    assert options.replace(kp_w=0.5).settings.kp_w == 0.5 and options.settings.kp_w == 0.3  # frozen: a copy
+    base = InferenceSettings(pamr=False, bg_thresh=0.5)
+    assert PredictOptions(base, kp_w=0.5).settings == dataclasses.replace(base, kp_w=0.5)  # flat names change it
+    changed = options.replace(kp_w=0.5, max_pixels=10)
+    assert changed.settings == dataclasses.replace(options.settings, kp_w=0.5) and changed.max_pixels == 10
+    assert options.settings.kp_w == 0.3 and dataclasses.replace(options, sliding=False).settings == options.settings
     assert PredictOptions.names() == {f.name for f in dataclasses.fields(InferenceSettings)} | {
         "sliding", "window_batch", "max_pixels"}
     with pytest.raises(TypeError, match="bg_treshold"):
         options.replace(bg_treshold=0.5)
+    with pytest.raises(ConfigError, match="^settings: must be an InferenceSettings"):
+        PredictOptions(settings={"pamr": True})
 
 
 def test_pyfunc_defaults_and_saved_config():
@@ -119,10 +125,10 @@ def test_pyfunc_defaults_and_saved_config():
     params = {p.name: p.default for p in pyfunc.segmentation_signature().params.params}
     assert params == {"bg_thresh": 0.4, "background": True, "pamr": True, "kp_w": 0.3, "short_side": 448,
                       "sliding": False, "template": "custom", "label_format": "array"}
-    no_bg = {p.name: p.default for p in pyfunc.segmentation_signature(PredictOptions.of(bg_thresh=None)).params.params}
+    no_bg = {p.name: p.default for p in pyfunc.segmentation_signature(PredictOptions(bg_thresh=None)).params.params}
     assert (no_bg["bg_thresh"], no_bg["background"]) == (DEFAULT_SETTINGS.bg_thresh, False)
     # The MLmodel's model_config keeps its keys (max_long_side included) and reads back to the same options.
-    options = PredictOptions.of(short_side=64, long_side=512, sliding=True, max_pixels=1000)
+    options = PredictOptions(short_side=64, long_side=512, sliding=True, max_pixels=1000)
     config = pyfunc._model_config(options)
     assert list(config) == ["short_side", "max_long_side", "pamr", "kp_w", "bg_thresh", "template", "sliding", "crop",
                             "stride", "window_batch", "max_pixels"]
@@ -140,7 +146,7 @@ def test_demo_page_and_requests_start_from_the_shared_settings():
     assert re.search(r'id="bg_thresh" value="0.4"', html) and re.search(r'id="kp_w" value="0.3"', html)
     assert 'id="pamr" checked' in html and 'id="background" checked' in html
     assert _request_options(server, {}) == PredictOptions()
-    no_bg_server = types.SimpleNamespace(options=PredictOptions.of(bg_thresh=None))
+    no_bg_server = types.SimpleNamespace(options=PredictOptions(bg_thresh=None))
     assert 'value="0.4"' in page_html(no_bg_server) and 'id="background" checked' not in page_html(no_bg_server)
     assert _request_options(no_bg_server, {"background": True}).settings.bg_thresh == DEFAULT_SETTINGS.bg_thresh
     with pytest.raises(ConfigError, match=r"^kp_w: must be in \[0, 1\], got 7.0$"):

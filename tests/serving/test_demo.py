@@ -29,7 +29,7 @@ from tcl.visualize import palette
 from tests.inference.conftest import scene
 from tests.serving.chromium import Chromium, find_chromium
 
-OPTIONS = PredictOptions.of(short_side=64, max_pixels=200 * 200)
+OPTIONS = PredictOptions(short_side=64, max_pixels=200 * 200)
 
 
 def _png(image: Image.Image) -> str:

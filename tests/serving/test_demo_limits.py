@@ -25,7 +25,7 @@ from tcl.inference import PredictOptions, Predictor, load_inference_model
 from tcl.serving import DemoLimits, DemoServer
 from tests.inference.conftest import scene
 
-OPTIONS = PredictOptions.of(short_side=64, max_pixels=200 * 200)
+OPTIONS = PredictOptions(short_side=64, max_pixels=200 * 200)
 
 
 def _png(image: Image.Image) -> str:

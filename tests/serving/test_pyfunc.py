@@ -25,7 +25,7 @@ from tcl.inference import PredictOptions, Predictor, load_inference_model
 from tcl.serving import decode_label_map, encode_image, log_segmentation_model
 from tests.inference.conftest import scene
 
-OPTIONS = PredictOptions.of(short_side=64, max_pixels=200 * 200)
+OPTIONS = PredictOptions(short_side=64, max_pixels=200 * 200)
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +63,7 @@ def test_registered_model_loads_and_segments(registered, reference, monkeypatch)
 
     png = model.predict(frame.iloc[:1], params={"background": False, "label_format": "png"})[0]
     assert png["classes"] == ["red disc", "blue square"]
-    no_bg = reference.segment(images[0], "red disc, blue square", PredictOptions.of(short_side=64, bg_thresh=None))
+    no_bg = reference.segment(images[0], "red disc, blue square", PredictOptions(short_side=64, bg_thresh=None))
     assert np.array_equal(decode_label_map(png["labels"]), no_bg.labels)
 
     # MLflow itself drops a parameter the signature does not declare (with a warning): the model refuses it.

@@ -32,11 +32,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from stages.common import StageParser  # noqa: E402
+from stages.common import StageParser, run_stage  # noqa: E402
+from tcl.eval.config import BASELINES, SETTINGS  # noqa: E402  (torch-free: --help stays fast)
 
 PROG = "evaluate"
-BASELINES = ("step0", "maskclip")  # tcl.eval.config.BASELINES (not imported here: --help stays fast)
-
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -55,7 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="folder of the <benchmark>.json results (metrics/eval)")
     parser.add_argument("--overlays", default="outputs/eval",
                         help="folder for the qualitative PNG panels (outputs/eval); '' for none")
-    parser.add_argument("--setting", choices=("official", "no_pamr"), help="override evaluate.setting")
+    parser.add_argument("--setting", choices=tuple(SETTINGS), help="override evaluate.setting")
     parser.add_argument("--bg-thresh", help="override the background threshold: a number, or the JSON that "
                                             "--sweep-bg-thresh wrote (its best value)")
     parser.add_argument("--sweep-bg-thresh", action="store_true",
@@ -70,48 +69,6 @@ def build_parser() -> argparse.ArgumentParser:
                                                 "the checkpoint's training run)")
     parser.add_argument("--no-mlflow", dest="mlflow", action="store_false", help="do not log to MLflow")
     return parser
-
-
-def _load_model(args, params):
-    """(model, description, training run id or None)."""
-    from tcl import TCL
-    from tcl.checkpoint import CheckpointError, load_model, load_saved_clip, model_from_checkpoint, read_checkpoint
-
-    if args.checkpoint is not None:
-        info = {"source": "checkpoint", "checkpoint": str(args.checkpoint)}
-        try:
-            payload = read_checkpoint(args.checkpoint)
-        except CheckpointError:
-            if not args.checkpoint.is_file():
-                raise
-            return load_model(args.checkpoint, clip_weights=args.clip_weights), {**info, "format": "official"}, None
-        model = model_from_checkpoint(payload, args.clip_weights, str(args.checkpoint))
-        info.update(format="training", step=payload.get("step"))
-        return model, info, payload.get("extra", {}).get("mlflow_run_id")
-    if not (args.clip / "clip.json").is_file():
-        raise FileNotFoundError(f"{args.clip}/clip.json not found: --clip takes the prepare_clip stage's output folder")
-    model = TCL(load_saved_clip(args.clip), params.model)
-    return model, {"source": "baseline", "baseline": args.baseline, "clip": str(args.clip)}, None
-
-
-def _bg_thresh(value: str) -> float:
-    """A threshold given as a number or as the JSON file of a sweep (its ``best``)."""
-    import json
-
-    try:
-        thresh = float(value)
-    except ValueError:
-        path = Path(value)
-        if not path.is_file():
-            raise ValueError(f"--bg-thresh: {value!r} is neither a number nor a file") from None
-        try:
-            thresh = float(json.loads(path.read_text())["best"])
-        except (ValueError, KeyError, TypeError):
-            raise ValueError(f"--bg-thresh: {path} holds no 'best' threshold (write it with --sweep-bg-thresh)") \
-                from None
-    if not 0 <= thresh <= 1:
-        raise ValueError(f"--bg-thresh must be in [0, 1], got {thresh}")
-    return thresh
 
 
 def _log_mlflow(args, result: dict, model_info: dict, parent: str | None) -> None:
@@ -131,26 +88,13 @@ def _log_mlflow(args, result: dict, model_info: dict, parent: str | None) -> Non
             tracker.log_artifact(path, f"overlays/{result['benchmark']}")
 
 
-def _sweep(model, bench_name: str, config, model_info: dict, out: Path, root: Path, limit, is_main: bool) -> float:
-    """Score ``bench_name`` (a training split) for every candidate threshold; write and return the best."""
-    from tcl.atomic import write_json_atomic
-    from tcl.eval import sweep_bg_thresh
-
-    sweep = sweep_bg_thresh(model, bench_name, config, root=root, limit=limit)
-    sweep["model"] = model_info
-    if is_main:
-        write_json_atomic(out, sweep)
-        print(f"{bench_name}: mIoU per bg_thresh {sweep['candidates']}; best {sweep['best']} -> {out}", flush=True)
-    return sweep["best"]
-
-
 def _evaluate(model, bench, config, model_info: dict, args, out: Path, root: Path, runtime, train_run) -> None:
     from tcl.atomic import write_json_atomic
     from tcl.eval import evaluate_benchmark
 
     overlay_dir = Path(args.overlays) if args.overlays else None  # (Path("") would be the cwd)
     if runtime.is_main:
-        print(f"evaluating {model_info} on {bench.name} ({bench.dataset}) with {config.settings()} on "
+        print(f"evaluating {model_info} on {bench.name} ({bench.dataset}) with {config.settings(bench.protocol)} on "
               f"{runtime.device if args.device == 'auto' else args.device}, {runtime.world_size} process(es)",
               flush=True)
     last = [0.0]
@@ -171,25 +115,20 @@ def _evaluate(model, bench, config, model_info: dict, args, out: Path, root: Pat
             _log_mlflow(args, result, model_info, train_run)
 
 
-def check_inputs(args, params, to_score: list, to_sweep: list, config, root: Path, written: list[Path]) -> None:
+def check_inputs(args, params, to_score: list, to_sweep: list, config, source, root: Path,
+                 written: list[Path]) -> None:
     """What this run reads and writes, before it loads a model or writes a file: the data of the
     benchmarks it scores or sweeps, the model's files (unless it only passes a fixed threshold
     through) and the output folders. Raises ``EvalDataError`` / ``ConfigError``; creates nothing."""
-    from tcl.config import ConfigError
     from tcl.eval.datasets import check_layout
-    from tcl.preflight import check_output_folders, check_saved_clip
+    from tcl.eval.sources import check_source
+    from tcl.preflight import check_output_folders
 
     benches = to_score + to_sweep
     for bench in benches:
         check_layout(bench, config.data_roots, root)  # missing data fails in a second, not after the model loads
     if benches:
-        if args.checkpoint is not None and not args.checkpoint.is_file():
-            raise ConfigError(f"checkpoint not found: {args.checkpoint} (--checkpoint: a training checkpoint or "
-                              "the official tcl.pth)")
-        if args.clip is not None:
-            check_saved_clip(args.clip, params.clip.model)
-        if args.clip_weights not in (None, "openai") and not Path(args.clip_weights).is_file():
-            raise ConfigError(f"--clip-weights: {args.clip_weights} not found")
+        check_source(source, params.clip.model)
     outputs = [path.parent for path in written]
     outputs += [(args.out or args.out_dir / f"{bench.name}.json").parent for bench in to_score]
     if args.overlays and to_score:
@@ -197,11 +136,62 @@ def check_inputs(args, params, to_score: list, to_sweep: list, config, root: Pat
     check_output_folders(*outputs)
 
 
+def run(args, parser) -> int:
+    """Choose the threshold if asked, then score the benchmarks (see the module docstring)."""
+    from tcl.atomic import write_json_atomic
+    from tcl.eval import get_benchmark, sweep_bg_thresh
+    from tcl.eval.sources import ModelSource, baseline_config, load_source, resolve_device
+    from tcl.eval.thresholds import fixed_record, plan_bg_thresh, read_bg_thresh
+    from tcl.runtime import start_runtime
+
+    params = parser.load_params(args)
+    names = list(params.evaluate.benchmarks) if args.all_benchmarks else args.benchmark
+    benches = [get_benchmark(name) for name in names]
+    config = params.evaluate if args.setting is None else replace(params.evaluate, setting=args.setting)
+    root = args.params.resolve().parent  # data roots are relative to the project root: the params file's folder
+    if args.bg_thresh is not None:
+        config = replace(config, bg_thresh=read_bg_thresh(args.bg_thresh))
+    source = ModelSource(checkpoint=args.checkpoint, clip_weights=args.clip_weights, clip=args.clip,
+                         baseline=args.baseline)
+    # A threshold to choose first: on the given training split (--sweep-bg-thresh, nothing else to
+    # score) or on evaluate.bg_thresh_split (--choose-bg-thresh, then the benchmarks with it).
+    if args.sweep_bg_thresh:
+        choice = plan_bg_thresh(config, args.out or args.out_dir / f"{benches[0].name}.json", benches[0])
+        to_score = []
+    else:
+        choice, to_score = plan_bg_thresh(config, args.choose_bg_thresh), benches
+    check_inputs(args, params, to_score, choice.to_sweep, config, source, root, choice.written)
+    if choice.fixed is not None:  # (the paper setting): nothing to choose
+        write_json_atomic(choice.record, fixed_record(choice))
+        print(f"{choice.split.name}: bg_thresh fixed at {choice.fixed} by the parameters -> {choice.record}")
+        if not to_score:
+            return 0
+    runtime = start_runtime()
+    try:
+        device = resolve_device(args.device, runtime.device)
+        loaded = load_source(source, params.model)
+        config = baseline_config(config, args.baseline)
+        model = loaded.model.to(device).eval()
+        for split in choice.to_sweep:
+            sweep = {**sweep_bg_thresh(model, split.name, config, root=root, limit=args.limit), "model": loaded.info}
+            if runtime.is_main:
+                write_json_atomic(choice.record, sweep)
+                print(f"{split.name}: mIoU per bg_thresh {sweep['candidates']}; best {sweep['best']} -> "
+                      f"{choice.record}", flush=True)
+            config = replace(config, bg_thresh=sweep["best"])
+        for bench in to_score:
+            out = args.out or args.out_dir / f"{bench.name}.json"
+            _evaluate(model, bench, config, loaded.info, args, out, root, runtime, loaded.train_run)
+    finally:
+        runtime.close()
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.clip is not None and args.baseline is None:
-        parser.error("--clip needs --baseline step0 or --baseline maskclip")
+        parser.error(f"--clip needs --baseline {' or --baseline '.join(BASELINES)}")
     if args.checkpoint is not None and args.baseline is not None:
         parser.error("--baseline goes with --clip, not --checkpoint")
     if args.limit is not None and args.limit < 1:
@@ -212,62 +202,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--sweep-bg-thresh scores one training split: give one --benchmark, without --choose-bg-thresh")
     if args.choose_bg_thresh is not None and args.bg_thresh is not None:
         parser.error("--choose-bg-thresh and --bg-thresh both set the threshold: give one")
-
-    import torch
-
-    from tcl.atomic import write_json_atomic
-    from tcl.checkpoint import CheckpointError
-    from tcl.config import ConfigError
-    from tcl.eval import EvalDataError, UnknownBenchmarkError, get_benchmark
-    from tcl.model import WeightsError
-    from tcl.runtime import start_runtime
-
-    runtime = None
-    try:
-        params = parser.load_params(args)
-        names = list(params.evaluate.benchmarks) if args.all_benchmarks else args.benchmark
-        benches = [get_benchmark(name) for name in names]
-        config = params.evaluate if args.setting is None else replace(params.evaluate, setting=args.setting)
-        root = args.params.resolve().parent  # data roots are relative to the project root: the params file's folder
-        if args.bg_thresh is not None:
-            config = replace(config, bg_thresh=_bg_thresh(args.bg_thresh))
-        # A threshold to choose first: on the given training split (--sweep-bg-thresh, nothing else to
-        # score) or on evaluate.bg_thresh_split (--choose-bg-thresh, then the benchmarks with it).
-        if args.sweep_bg_thresh:
-            sweep_file, split, to_score = args.out or args.out_dir / f"{benches[0].name}.json", benches[0], []
-        else:
-            sweep_file, to_score = args.choose_bg_thresh, benches
-            split = get_benchmark(config.bg_thresh_split) if sweep_file is not None else None
-        fixed = split is not None and config.bg_thresh is not None  # (the paper setting): nothing to choose
-        check_inputs(args, params, to_score, [split] if split and not fixed else [], config, root,
-                     [sweep_file] if split else [])
-        if fixed:
-            write_json_atomic(sweep_file, {"benchmark": split.name, "candidates": {}, "best": config.bg_thresh,
-                                           "fixed": True})
-            print(f"{split.name}: bg_thresh fixed at {config.bg_thresh} by the parameters -> {sweep_file}")
-            split = None
-            if not to_score:
-                return 0
-        runtime = start_runtime()
-        device = runtime.device if args.device == "auto" else torch.device(args.device)
-        model, model_info, train_run = _load_model(args, params)
-        if model_info.get("baseline") == "maskclip":  # frozen CLIP features alone (official TCL.kp_branch)
-            config = replace(config, pamr=False, kp_w=1.0)
-        model = model.to(device).eval()
-        if split is not None:
-            best = _sweep(model, split.name, config, model_info, sweep_file, root, args.limit, runtime.is_main)
-            config = replace(config, bg_thresh=best)
-        for bench in to_score:
-            out = args.out or args.out_dir / f"{bench.name}.json"
-            _evaluate(model, bench, config, model_info, args, out, root, runtime, train_run)
-    except (ConfigError, UnknownBenchmarkError, EvalDataError, CheckpointError, WeightsError, OSError,
-            ValueError) as err:
-        print(f"{PROG}: error: {err}", file=sys.stderr)
-        return 2
-    finally:
-        if runtime is not None:
-            runtime.close()
-    return 0
+    return run_stage(PROG, lambda: run(args, parser))
 
 
 if __name__ == "__main__":

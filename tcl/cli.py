@@ -28,20 +28,30 @@ def _phrase_list(text: str) -> list[str]:
 
 
 def _add_inference_options(parser: argparse.ArgumentParser) -> None:
-    from .inference import DEFAULT_MAX_PIXELS
+    """The flags of :class:`tcl.inference.PredictOptions`, their defaults those of the shared
+    :data:`~tcl.inference.settings.DEFAULT_SETTINGS` (torch-free: ``--help`` stays quick)."""
+    from .inference.inputs import DEFAULT_MAX_PIXELS
+    from .inference.settings import DEFAULT_SETTINGS as default
+    from .inference.settings import PRESETS
 
-    parser.add_argument("--short-side", type=int, default=448, help="resize so the short side is this (448)")
+    parser.add_argument("--short-side", type=int, default=default.short_side,
+                        help=f"resize so the short side is this ({default.short_side})")
     parser.add_argument("--sliding", action="store_true",
-                        help="score 448-px windows with stride 224 as the benchmarks do (default: whole image)")
-    parser.add_argument("--crop", type=int, default=448, help="sliding-window size (448)")
-    parser.add_argument("--stride", type=int, default=224, help="sliding-window stride (224)")
-    parser.add_argument("--no-pamr", dest="pamr", action="store_false", help="skip PAMR refinement")
-    parser.add_argument("--kp-w", type=float, default=0.3, help="weight of the MaskCLIP KP branch (0.3)")
-    parser.add_argument("--bg-thresh", type=float, default=0.4,
-                        help="background wins where every phrase scores below this (0.4; 0.5 without PAMR)")
+                        help=f"score {default.crop}-px windows with stride {default.stride} as the benchmarks do "
+                             "(default: whole image)")
+    parser.add_argument("--crop", type=int, default=default.crop, help=f"sliding-window size ({default.crop})")
+    parser.add_argument("--stride", type=int, default=default.stride, help=f"sliding-window stride ({default.stride})")
+    parser.add_argument("--no-pamr", dest="pamr", action="store_false", default=default.pamr,
+                        help="skip PAMR refinement")
+    parser.add_argument("--kp-w", type=float, default=default.kp_w,
+                        help=f"weight of the MaskCLIP KP branch ({default.kp_w})")
+    parser.add_argument("--bg-thresh", type=float, default=default.bg_thresh,
+                        help=f"background wins where every phrase scores below this ({default.bg_thresh}; "
+                             f"{PRESETS['no_pamr'].bg_thresh} without PAMR)")
     parser.add_argument("--no-background", dest="bg_thresh", action="store_const", const=None,
                         help="predict only the given phrases")
-    parser.add_argument("--template", default="custom", help="prompt-template set (custom, simple, ...)")
+    parser.add_argument("--template", default=default.template,
+                        help=f"prompt-template set ({default.template}, simple, ...)")
     parser.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS,
                         help=f"refuse larger images (width x height; {DEFAULT_MAX_PIXELS})")
     parser.add_argument("--device", default="cpu", help="torch device (cpu)")
@@ -103,8 +113,8 @@ def _options(args):
     from .inference import PredictOptions
 
     return PredictOptions(short_side=args.short_side, pamr=args.pamr, kp_w=args.kp_w, bg_thresh=args.bg_thresh,
-                          template=args.template, sliding=args.sliding, crop=args.crop, stride=args.stride,
-                          max_pixels=args.max_pixels)
+                             template=args.template, sliding=args.sliding, crop=args.crop, stride=args.stride,
+                             max_pixels=args.max_pixels)
 
 
 def _load_predictor(args):
@@ -124,7 +134,7 @@ def _predict_all(predictor, items: list[tuple[str, Callable]], phrases: list[str
     from .inference import write_outputs
 
     start = time.perf_counter()
-    predictor.text_embedding(phrases, predictor.options.template)  # once, before the images (cached)
+    predictor.text_embedding(phrases, predictor.options.settings.template)  # once, before the images (cached)
     print(f"encoded {len(phrases)} phrase(s) in {time.perf_counter() - start:.2f} s", flush=True)
     total = 0.0
     for index, (stem, load) in enumerate(items, 1):
@@ -142,10 +152,12 @@ def _predict_all(predictor, items: list[tuple[str, Callable]], phrases: list[str
 
 def _run_predict(args) -> None:
     from .inference import resolve_sources
+    from .preflight import check_output_folders
 
     sources = resolve_sources(args.images)
     for source in sources:  # unreadable or too-large local files fail before the model loads
         source.probe(args.max_pixels)
+    check_output_folders(args.out)  # so does an output folder that cannot be written
     predictor = _load_predictor(args)
     items = [(source.stem, partial(source.read, args.max_pixels, args.timeout)) for source in sources]
     _predict_all(predictor, items, args.phrases, args.out)
@@ -168,9 +180,11 @@ def _run_demo(args) -> None:
     from .config import load_params
     from .inference import Predictor
     from .model import create_clip, create_tcl
+    from .preflight import check_output_folders
 
     params = load_params(args.params)
     options = _options(args)
+    check_output_folders(args.out)
     torch.manual_seed(0)
     print(f"building TCL from {args.params} (clip weights: {params.clip.weights or 'random init'}) ...",
           flush=True)
@@ -189,13 +203,12 @@ def _run_demo(args) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from .checkpoint import CheckpointError
-    from .model import WeightsError
+    from .errors import TCLError
 
     runners = {"predict": _run_predict, "segment": _run_predict, "serve-demo": _run_serve_demo, "demo": _run_demo}
     try:
         runners[args.command](args)
-    except (CheckpointError, WeightsError, ValueError, OSError) as err:
+    except TCLError as err:  # what the user can fix: bad options, inputs, checkpoints, parameters, a full disk
         print(f"tcl: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -79,7 +79,11 @@ def test_bad_input_gives_one_line_errors(tmp_path, tiny_checkpoint, capsys):
     assert error(str(tmp_path / "ok.png"), "--phrases", "cat", *ckpt, "--max-pixels", "1000") == \
         f"tcl: error: {tmp_path / 'ok.png'}: image too large (96x72 = 6912 pixels; the limit is 1000)"
     assert error(str(tmp_path / "ok.png"), "--phrases", "cat", *ckpt, "--kp-w", "2") == \
-        "tcl: error: kp_w must be in [0, 1], got 2.0"
+        "tcl: error: kp_w: must be in [0, 1], got 2.0"
+    # An output folder that cannot be made fails before the model loads (a file is in its way).
+    assert error(str(tmp_path / "ok.png"), "--phrases", "cat", *ckpt, "--out", str(tmp_path / "ok.png" / "out")) == \
+        f"tcl: error: cannot create output folder {tmp_path / 'ok.png' / 'out'}: {tmp_path / 'ok.png'} is a file, " \
+        "not a folder"
     assert error(str(tmp_path / "ok.png"), "--phrases", "cat", "--checkpoint", str(tmp_path / "not_an_image.png")) \
         .startswith(f"tcl: error: {tmp_path / 'not_an_image.png'}: not a readable")
     # A checkpoint whose weights do not fit the model its parameters describe.

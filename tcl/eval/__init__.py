@@ -18,7 +18,6 @@ _WHERE = {
     "Protocol": "config",
     "Protocols": "config",
     "DataRoots": "config",
-    "Settings": "config",
     "SETTINGS": "config",
     "PRECISIONS": "config",
     "EvalDataError": "datasets",

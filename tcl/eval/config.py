@@ -1,22 +1,22 @@
 """The ``evaluate:`` section of ``params.yaml``: protocol, settings, data roots and speed knobs.
 
 Validated by :mod:`tcl.config` (unknown keys, wrong types and impossible values fail with one line
-naming the dotted key). ``setting`` is the one switch between the paper's two evaluation settings
-(kakaobrain/tcl bc2b551 configs/eval.yml and README): ``official`` (PAMR on, bg_thresh 0.4, kp_w
-0.3, ``custom`` templates, Table 2) and ``no_pamr`` (PAMR off, bg_thresh 0.5, the appendix table).
+naming the dotted key). ``setting`` is the one switch between the paper's two evaluation settings,
+the presets of :mod:`tcl.inference.settings` (``official``: Table 2; ``no_pamr``: the appendix table).
 ``pamr``, ``bg_thresh``, ``kp_w`` and ``template`` left at ``null`` take the setting's value; set
-them to override it.
+them to override it. :meth:`EvalConfig.settings` gives the resulting :class:`InferenceSettings`.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from ..errors import require
+from ..inference.settings import DEFAULT_SETTINGS, PRESETS, InferenceSettings
 from ..model.templates import TEMPLATES
 from .benchmarks import BENCHMARKS
 
-__all__ = ["Protocol", "Protocols", "DataRoots", "EvalConfig", "Settings", "SETTINGS", "PRECISIONS", "BASELINES"]
+__all__ = ["Protocol", "Protocols", "DataRoots", "EvalConfig", "SETTINGS", "PRECISIONS", "BASELINES"]
 
 PRECISIONS = ("fp32", "bf16", "fp16")
 #: Reference models scored next to the trained TCL on every benchmark: the same model at step 0
@@ -24,20 +24,8 @@ PRECISIONS = ("fp32", "bf16", "fp16")
 BASELINES = ("step0", "maskclip")
 
 
-@dataclass(frozen=True)
-class Settings:
-    """Inference settings of one evaluation (what every number depends on besides the model)."""
-
-    pamr: bool
-    bg_thresh: float
-    kp_w: float
-    template: str
-
-
-SETTINGS: dict[str, Settings] = {
-    "official": Settings(pamr=True, bg_thresh=0.4, kp_w=0.3, template="custom"),
-    "no_pamr": Settings(pamr=False, bg_thresh=0.5, kp_w=0.3, template="custom"),
-}
+#: ``evaluate.setting``'s choices: the inference presets (defined in :mod:`tcl.inference.settings`).
+SETTINGS: dict[str, InferenceSettings] = PRESETS
 
 
 @dataclass(frozen=True)
@@ -46,10 +34,11 @@ class Protocol:
     ``crop``-sized sliding windows every ``stride`` pixels (official: kakaobrain/tcl bc2b551,
     segmentation/configs/_base_/datasets/*.py)."""
 
-    short_side: int = 448
-    long_side: int = 2048
-    crop: int = 448
-    stride: int = 224
+    # the paper's geometry, defined once in tcl.inference.settings
+    short_side: int = DEFAULT_SETTINGS.short_side
+    long_side: int = DEFAULT_SETTINGS.long_side
+    crop: int = DEFAULT_SETTINGS.crop
+    stride: int = DEFAULT_SETTINGS.stride
 
     def __post_init__(self) -> None:
         for name in ("short_side", "long_side", "crop", "stride"):
@@ -118,12 +107,11 @@ class EvalConfig:
         require(self.precision in PRECISIONS, "precision", f"must be one of {', '.join(PRECISIONS)}", self.precision)
         require(self.overlays >= 0, "overlays", "must be >= 0", self.overlays)
 
-    def settings(self) -> Settings:
-        """The setting's values with this config's explicit overrides applied."""
-        base = SETTINGS[self.setting]
-        return Settings(
-            pamr=base.pamr if self.pamr is None else self.pamr,
-            bg_thresh=base.bg_thresh if self.bg_thresh is None else self.bg_thresh,
-            kp_w=base.kp_w if self.kp_w is None else self.kp_w,
-            template=base.template if self.template is None else self.template,
-        )
+    def settings(self, protocol: str = "paper") -> InferenceSettings:
+        """The setting's preset with this config's explicit overrides applied, and the window geometry
+        of ``protocol`` (``paper`` or ``synthetic``, a benchmark's :attr:`~tcl.eval.Benchmark.protocol`)."""
+        overrides = {name: getattr(self, name) for name in ("pamr", "bg_thresh", "kp_w", "template")
+                     if getattr(self, name) is not None}
+        geometry: Protocol = getattr(self.protocols, protocol)
+        return replace(SETTINGS[self.setting], **overrides, short_side=geometry.short_side,
+                       long_side=geometry.long_side, crop=geometry.crop, stride=geometry.stride)

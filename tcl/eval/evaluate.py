@@ -2,8 +2,9 @@
 
 Per benchmark: mmseg's dataset and test pipeline (:mod:`.datasets`), class-name text embeddings
 computed once, images decoded and resized by data-loader workers, the sliding windows of several
-images batched through the model (:mod:`.sliding`), a constant background channel where the dataset
-has background, the bilinear resize to the original size and arg-max (:func:`tcl.inference.segment.labels_at`),
+images batched through the model (:mod:`tcl.inference.sliding`) with the inference settings of
+:meth:`EvalConfig.settings`, a constant background channel where the dataset has background, the
+bilinear resize to the original size and arg-max (:mod:`tcl.inference.scores`),
 and mmseg's ``IoUMetric`` (:mod:`.metric`). Under ``torch.distributed`` every rank takes every
 world-size-th image and the area totals are all-reduced, so all ranks return the dataset's numbers.
 """
@@ -20,7 +21,8 @@ import torch.distributed as dist
 from PIL import Image
 from torch.utils.data import DataLoader
 
-from ..inference.segment import labels_at, with_background
+from ..errors import ConfigError
+from ..inference.scores import labels_at, with_background
 from ..inference.sliding import sliding_window_scores_many
 from ..runtime import get_rank, get_world_size, is_distributed
 from ..visualize import save_atomic
@@ -53,8 +55,8 @@ def _collate(items: list[dict]) -> list[dict]:
 def _run(model, bench: Benchmark, config: EvalConfig, thresholds: list[float | None], *, root, limit,
          overlay_dir, progress) -> tuple[list[AreaTotals], dict]:
     """Score the benchmark once and accumulate IoU totals for each background threshold."""
-    protocol: Protocol = getattr(config.protocols, bench.protocol)
-    settings = config.settings()
+    protocol: Protocol = getattr(config.protocols, bench.protocol)  # the data loader's resize
+    settings = config.settings(bench.protocol)
     dataset = build_dataset(bench, config.data_roots, protocol, root)
     classes = list(dataset.metainfo["classes"])
     names = class_names(dataset, bench.with_background)
@@ -74,7 +76,7 @@ def _run(model, bench: Benchmark, config: EvalConfig, thresholds: list[float | N
                 raise EvalDataError(f"benchmark {bench.name!r}: {item['error']}")
         images = [_to_input(model, item["image"], device) for item in batch]
         scores = sliding_window_scores_many(
-            model, images, text_emb, crop=protocol.crop, stride=protocol.stride, apply_pamr=settings.pamr,
+            model, images, text_emb, crop=settings.crop, stride=settings.stride, apply_pamr=settings.pamr,
             kp_w=settings.kp_w, bg_thresh=None, window_batch=config.window_batch,
             precision=config.precision)
         for item, score in zip(batch, scores, strict=True):
@@ -100,17 +102,17 @@ def _run(model, bench: Benchmark, config: EvalConfig, thresholds: list[float | N
             packed = packed.to(device)
         dist.all_reduce(packed, op=dist.ReduceOp.MAX)
         seconds = float(packed.item())
-    info = {"protocol": protocol, "settings": settings, "dataset": dataset, "names": names, "seconds": seconds,
+    info = {"settings": settings, "dataset": dataset, "names": names, "seconds": seconds,
             "overlays": overlays, "device": device}
     return totals, info
 
 
 def _settings_record(bench: Benchmark, config: EvalConfig, info: dict, bg_thresh: float | None) -> dict:
-    protocol, settings = info["protocol"], info["settings"]
+    settings = info["settings"]
     return {
         "setting": config.setting, "pamr": settings.pamr, "bg_thresh": bg_thresh, "kp_w": settings.kp_w,
-        "template": settings.template, "short_side": protocol.short_side, "long_side": protocol.long_side,
-        "crop": protocol.crop, "stride": protocol.stride, "with_background": bench.with_background,
+        "template": settings.template, "short_side": settings.short_side, "long_side": settings.long_side,
+        "crop": settings.crop, "stride": settings.stride, "with_background": bench.with_background,
         "reduce_zero_label": bool(info["dataset"].reduce_zero_label), "precision": config.precision,
         "window_batch": config.window_batch, "image_batch": config.image_batch, "num_workers": config.num_workers,
         "world_size": get_world_size(), "device": str(info["device"]), "dataset": bench.dataset,
@@ -139,7 +141,7 @@ def evaluate_benchmark(model, name: str, config: EvalConfig, *, root: str | Path
     """
     bench = get_benchmark(name)
     model = getattr(model, "module", model)  # a DistributedDataParallel wrapper: evaluate the model inside
-    bg_thresh = config.settings().bg_thresh if bench.with_background else None
+    bg_thresh = config.settings(bench.protocol).bg_thresh if bench.with_background else None
     totals, info = _with_mode(model, lambda: _run(model, bench, config, [bg_thresh], root=root, limit=limit,
                                                   overlay_dir=overlay_dir, progress=progress))
     total = totals[0]
@@ -160,7 +162,7 @@ def sweep_bg_thresh(model, name: str, config: EvalConfig, candidates: list[float
     """
     bench = get_benchmark(name)
     if not bench.with_background:
-        raise ValueError(f"benchmark {name!r} has no background class: bg_thresh does not apply")
+        raise ConfigError(f"benchmark {name!r} has no background class: bg_thresh does not apply")
     model = getattr(model, "module", model)
     candidates = sorted(set(candidates if candidates is not None else config.bg_thresh_candidates))
     totals, info = _with_mode(model, lambda: _run(model, bench, config, candidates, root=root, limit=limit,

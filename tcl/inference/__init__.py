@@ -1,8 +1,12 @@
-"""Inference on your own images: inputs (files, folders, URLs, phrases), the shared predictor, outputs."""
+"""Inference: the shared settings, sliding windows and scores → labels, and on your own images: inputs (files,
+folders, URLs, phrases), the shared predictor, outputs."""
 
 from .._exports import lazy_exports
 
 _WHERE = {
+    "InferenceSettings": "settings",
+    "PRESETS": "settings",
+    "DEFAULT_SETTINGS": "settings",
     "InputError": "inputs",
     "TooLargeError": "inputs",
     "DEFAULT_MAX_PIXELS": "inputs",

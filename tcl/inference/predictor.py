@@ -3,12 +3,12 @@
 :class:`Predictor` is what ``tcl predict``, the MLflow model and the web demo share: it encodes each
 phrase list once (:meth:`tcl.TCL.build_text_embedding`, the expensive text tower) and reuses it for
 every image, then runs :func:`tcl.inference.segment.segment_image` (whole image, or the benchmark's sliding
-windows). Defaults are the paper's evaluation settings (kakaobrain/tcl bc2b551 configs/eval.yml: PAMR on, background
-threshold 0.4, KP weight 0.3, template ``custom``).
+windows). Defaults: :data:`tcl.inference.settings.DEFAULT_SETTINGS`, the paper's ``official`` setting.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import threading
 from collections import OrderedDict
@@ -20,52 +20,62 @@ import torch
 from PIL import Image
 
 from ..atomic import write_json_atomic
+from ..errors import require
 from ..model import TCL
-from ..model.templates import get_templates
 from ..visualize import overlay_with_legend, palette, save_atomic
 from .inputs import DEFAULT_MAX_PIXELS, InputError, parse_phrases
-from .segment import Segmentation, SlidingWindow, segment_image
+from .segment import Segmentation, segment_image
+from .settings import DEFAULT_SETTINGS, InferenceSettings
 
 __all__ = ["PredictOptions", "Predictor", "load_inference_model", "overlay_image", "label_image",
            "write_outputs"]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, init=False)
 class PredictOptions:
-    """Inference settings. ``bg_thresh=None`` predicts only the given phrases (no background);
-    ``sliding`` switches from one whole-image pass to 448-px windows (the benchmark protocol)."""
+    """What a service runs with: the :class:`InferenceSettings` plus how it runs them. ``sliding``
+    switches from one whole-image pass to the benchmark's windows (``settings.crop`` / ``stride``),
+    ``window_batch`` windows per forward pass; images over ``max_pixels`` are refused.
 
-    short_side: int = 448
-    max_long_side: int = 2048
-    pamr: bool = True
-    kp_w: float = 0.3
-    bg_thresh: float | None = 0.4
-    template: str = "custom"
-    sliding: bool = False
-    crop: int = 448
-    stride: int = 224
-    window_batch: int = 1
-    max_pixels: int = DEFAULT_MAX_PIXELS
+    The settings' fields may also be given flat, ``PredictOptions(short_side=64, bg_thresh=None)``
+    (applied to ``settings``, by default :data:`DEFAULT_SETTINGS`), and so may :meth:`replace`'s:
+    that is how the command line, the MLflow model's config and requests, and the web demo name them.
+    """
 
-    def __post_init__(self) -> None:
-        checks = [
-            (self.short_side >= 16, f"short_side must be >= 16, got {self.short_side}"),
-            (self.max_long_side >= self.short_side, f"max_long_side must be >= short_side, got {self.max_long_side}"),
-            (0.0 <= self.kp_w <= 1.0, f"kp_w must be in [0, 1], got {self.kp_w}"),
-            (self.bg_thresh is None or 0.0 <= self.bg_thresh <= 1.0,
-             f"bg_thresh must be in [0, 1] (masks are in [0, 1]), got {self.bg_thresh}"),
-            (self.crop >= 16 and 1 <= self.stride <= self.crop,
-             f"sliding windows need crop >= 16 and 1 <= stride <= crop, got crop {self.crop}, stride {self.stride}"),
-            (self.window_batch >= 1, f"window_batch must be >= 1, got {self.window_batch}"),
-            (self.max_pixels >= 1, f"max_pixels must be >= 1, got {self.max_pixels}"),
-        ]
-        for ok, message in checks:
-            if not ok:
-                raise InputError(message)
-        try:
-            get_templates(self.template)
-        except ValueError as err:
-            raise InputError(str(err)) from None
+    settings: InferenceSettings
+    sliding: bool
+    window_batch: int
+    max_pixels: int
+
+    def __init__(self, settings: InferenceSettings = DEFAULT_SETTINGS, sliding: bool = False, window_batch: int = 1,
+                 max_pixels: int = DEFAULT_MAX_PIXELS, **setting_changes) -> None:
+        require(isinstance(settings, InferenceSettings), "settings", "must be an InferenceSettings", settings)
+        unknown = set(setting_changes) - _SETTING_NAMES
+        if unknown:  # a misspelt option is the caller's bug, as for any keyword argument
+            raise TypeError(f"PredictOptions() got unexpected keyword argument(s) {sorted(unknown)}")
+        if setting_changes:
+            settings = dataclasses.replace(settings, **setting_changes)
+        for name, value in (("settings", settings), ("sliding", sliding), ("window_batch", window_batch),
+                            ("max_pixels", max_pixels)):
+            object.__setattr__(self, name, value)  # frozen: the dataclass way to set fields in __init__
+        require(isinstance(self.sliding, bool), "sliding", "must be true or false", self.sliding)
+        require(self.window_batch >= 1, "window_batch", "must be >= 1", self.window_batch)
+        require(self.max_pixels >= 1, "max_pixels", "must be >= 1", self.max_pixels)
+
+    @classmethod
+    def names(cls) -> frozenset[str]:
+        """Every name the constructor and :meth:`replace` accept, flat."""
+        return _SETTING_NAMES | _OWN_NAMES
+
+    def replace(self, **changes) -> PredictOptions:
+        """A copy with ``changes`` (flat names, or ``settings``) applied; validated like a new object."""
+        current = {"settings": self.settings, "sliding": self.sliding, "window_batch": self.window_batch,
+                   "max_pixels": self.max_pixels}
+        return PredictOptions(**{**current, **changes})
+
+
+_SETTING_NAMES = frozenset(f.name for f in dataclasses.fields(InferenceSettings))
+_OWN_NAMES = frozenset(f.name for f in dataclasses.fields(PredictOptions)) - {"settings"}
 
 
 def load_inference_model(checkpoint: str | os.PathLike, clip_weights: str | os.PathLike | None = None,
@@ -113,12 +123,10 @@ class Predictor:
         if width * height > options.max_pixels:
             raise InputError(f"image too large ({width}x{height} = {width * height} pixels; "
                              f"the limit is {options.max_pixels})")
-        sliding = SlidingWindow(options.crop, options.stride, options.window_batch) if options.sliding else None
         with self._lock:
-            text_emb = self.text_embedding(phrases, options.template)
-            return segment_image(self.model, image, phrases, text_emb, short_side=options.short_side,
-                                 max_long_side=options.max_long_side, apply_pamr=options.pamr, kp_w=options.kp_w,
-                                 bg_thresh=options.bg_thresh, sliding=sliding)
+            text_emb = self.text_embedding(phrases, options.settings.template)
+            return segment_image(self.model, image, phrases, text_emb, options.settings, sliding=options.sliding,
+                                 window_batch=options.window_batch)
 
 
 def overlay_image(image: Image.Image, result: Segmentation) -> Image.Image:

@@ -18,7 +18,7 @@ from collections import defaultdict
 import torch
 
 from ..runtime import autocast
-from .segment import with_background
+from .scores import with_background
 
 __all__ = ["window_starts", "window_boxes", "sliding_window_scores", "sliding_window_scores_many"]
 

@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..errors import ConfigError
 from ..runtime import gather_cat, get_rank, get_world_size
 from .clip_towers import (
     PositionalEmbeddingCache,
@@ -57,11 +58,12 @@ class TCL(nn.Module):
         visual = clip.visual
         depth = len(visual.transformer.resblocks)
         if not 1 <= config.ie_freeze < depth:
-            raise ValueError(f"ie_freeze must be in 1..{depth - 1} for a {depth}-block CLIP, "
+            # ConfigError (a ValueError): the parameters describe a model this CLIP cannot make
+            raise ConfigError(f"ie_freeze must be in 1..{depth - 1} for a {depth}-block CLIP, "
                              f"got {config.ie_freeze}")
         if getattr(visual, "attn_pool", None) is not None or visual.proj is None or \
                 getattr(visual, "pool_type", "tok") not in ("tok", "avg"):
-            raise ValueError("TCL needs a ViT CLIP image tower with class-token or average pooling and a projection")
+            raise ConfigError("TCL needs a ViT CLIP image tower with class-token or average pooling and a projection")
         self.config = config
         self.clip = clip.eval().requires_grad_(False)
         self.masker = Masker(visual, config.ie_freeze, config.decoder_stages, config.sim2mask_init_w,

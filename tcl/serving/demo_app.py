@@ -26,7 +26,7 @@ import math
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from http import HTTPStatus
 from typing import Any
 
@@ -35,6 +35,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Res
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
+from ..errors import TCLError, require
 from ..inference import (
     DEFAULT_MAX_BYTES,
     InputError,
@@ -45,6 +46,7 @@ from ..inference import (
     overlay_image,
     parse_phrases,
 )
+from ..inference.settings import DEFAULT_SETTINGS
 from .demo_page import PAGE
 
 __all__ = ["DemoLimits", "create_demo_app", "InferencePool"]
@@ -70,12 +72,10 @@ class DemoLimits:
 
     def __post_init__(self) -> None:
         for name in ("max_bytes", "max_phrases", "workers", "backlog"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.queue < 0:
-            raise ValueError(f"queue must be >= 0, got {self.queue}")
-        if not (self.read_timeout > 0 and self.keep_alive > 0):
-            raise ValueError(f"read_timeout and keep_alive must be > 0, got {self.read_timeout}, {self.keep_alive}")
+            require(getattr(self, name) >= 1, name, "must be >= 1", getattr(self, name))
+        require(self.queue >= 0, "queue", "must be >= 0", self.queue)
+        for name in ("read_timeout", "keep_alive"):
+            require(getattr(self, name) > 0, name, "must be > 0", getattr(self, name))
 
     @property
     def max_body(self) -> int:
@@ -167,9 +167,9 @@ def _request_options(predictor: Predictor, data: dict) -> PredictOptions:
             changes[key] = kind(value)
     if data.get("background") is False:
         changes["bg_thresh"] = None
-    elif data.get("background") is True and predictor.options.bg_thresh is None and "bg_thresh" not in changes:
-        changes["bg_thresh"] = 0.4
-    return replace(predictor.options, **changes)
+    elif data.get("background") is True and predictor.options.settings.bg_thresh is None and "bg_thresh" not in changes:
+        changes["bg_thresh"] = DEFAULT_SETTINGS.bg_thresh
+    return predictor.options.replace(**changes)
 
 
 def _segment(predictor: Predictor, limits: DemoLimits, body: bytes) -> dict[str, Any]:
@@ -198,12 +198,12 @@ def _segment(predictor: Predictor, limits: DemoLimits, body: bytes) -> dict[str,
 
 def page_html(predictor: Predictor) -> str:
     """The page with the server's default options filled in."""
-    options = predictor.options
-    bg = 0.4 if options.bg_thresh is None else options.bg_thresh
-    html = (PAGE.replace("__BG_THRESH__", f"{bg:g}").replace("__KP_W__", f"{options.kp_w:g}")
-            .replace("__PAMR__", "checked" if options.pamr else "")
+    options, settings = predictor.options, predictor.options.settings
+    bg = DEFAULT_SETTINGS.bg_thresh if settings.bg_thresh is None else settings.bg_thresh
+    html = (PAGE.replace("__BG_THRESH__", f"{bg:g}").replace("__KP_W__", f"{settings.kp_w:g}")
+            .replace("__PAMR__", "checked" if settings.pamr else "")
             .replace("__SLIDING__", "checked" if options.sliding else ""))
-    if options.bg_thresh is None:
+    if settings.bg_thresh is None:
         html = html.replace('id="background" checked', 'id="background"')
     return html
 
@@ -244,7 +244,7 @@ def create_demo_app(predictor: Predictor, limits: DemoLimits, pool: InferencePoo
             return _error(err.status, str(err), {"Connection": "close"} if err.close else None)
         except TooLargeError as err:
             return _error(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, str(err))
-        except InputError as err:
+        except TCLError as err:  # InputError, or options out of range (ConfigError)
             return _error(HTTPStatus.BAD_REQUEST, str(err))
         except Exception as err:  # noqa: BLE001 - keep serving; the page shows the message
             message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__

@@ -33,7 +33,6 @@ import os
 import re
 import threading
 import time
-from dataclasses import asdict, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +42,9 @@ import pandas as pd
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 
+from ..errors import TCLError
 from ..inference import DEFAULT_MAX_BYTES, InputError, PredictOptions, Predictor, decode_base64_image, label_image
+from ..inference.settings import DEFAULT_SETTINGS
 
 __all__ = ["TCLSegmentationModel", "save_segmentation_model", "log_segmentation_model", "segmentation_signature",
            "encode_image", "decode_label_map"]
@@ -51,6 +52,24 @@ __all__ = ["TCLSegmentationModel", "save_segmentation_model", "log_segmentation_
 # Request parameters → PredictOptions fields (``background`` = False sets bg_thresh to None).
 _REQUEST_PARAMS = ("bg_thresh", "pamr", "kp_w", "short_side", "sliding", "template")
 _LABEL_FORMATS = ("array", "png")
+# The saved model's config keys (MLmodel ``model_config``) → PredictOptions names: the flat names,
+# except the long-side cap, which the config has always called ``max_long_side``.
+_CONFIG_KEYS = {"short_side": "short_side", "max_long_side": "long_side", "pamr": "pamr", "kp_w": "kp_w",
+                "bg_thresh": "bg_thresh", "template": "template", "sliding": "sliding", "crop": "crop",
+                "stride": "stride", "window_batch": "window_batch", "max_pixels": "max_pixels"}
+
+
+def _model_config(options: PredictOptions) -> dict[str, Any]:
+    """``options`` as the saved model's config (keys of :data:`_CONFIG_KEYS`)."""
+    values = {"sliding": options.sliding, "window_batch": options.window_batch, "max_pixels": options.max_pixels,
+              **{name: getattr(options.settings, name) for name in ("short_side", "long_side", "pamr", "kp_w",
+                                                                    "bg_thresh", "template", "crop", "stride")}}
+    return {key: values[name] for key, name in _CONFIG_KEYS.items()}
+
+
+def _options_from_config(config: dict[str, Any]) -> PredictOptions:
+    """The inverse of :func:`_model_config`; other keys (device, max_bytes, ...) are not options."""
+    return PredictOptions(**{name: config[key] for key, name in _CONFIG_KEYS.items() if key in config})
 
 
 def encode_image(image) -> str:
@@ -78,20 +97,21 @@ def decode_label_map(value) -> np.ndarray:
 
 def segmentation_signature(options: PredictOptions | None = None):
     """Input columns ``image`` (string) and ``phrases`` (string or list), and the request params
-    with ``options`` (default: :class:`PredictOptions`) as their defaults."""
+    with ``options`` (default: :class:`PredictOptions`, the shared inference defaults) as their defaults."""
     from mlflow.models import ModelSignature
     from mlflow.types.schema import AnyType, ColSpec, ParamSchema, ParamSpec, Schema
 
     options = options or PredictOptions()
-    bg = options.bg_thresh
+    settings = options.settings
+    bg = settings.bg_thresh
     params = [
-        ParamSpec("bg_thresh", "double", 0.4 if bg is None else bg),
+        ParamSpec("bg_thresh", "double", DEFAULT_SETTINGS.bg_thresh if bg is None else bg),
         ParamSpec("background", "boolean", bg is not None),
-        ParamSpec("pamr", "boolean", options.pamr),
-        ParamSpec("kp_w", "double", options.kp_w),
-        ParamSpec("short_side", "long", options.short_side),
+        ParamSpec("pamr", "boolean", settings.pamr),
+        ParamSpec("kp_w", "double", settings.kp_w),
+        ParamSpec("short_side", "long", settings.short_side),
         ParamSpec("sliding", "boolean", options.sliding),
-        ParamSpec("template", "string", options.template),
+        ParamSpec("template", "string", settings.template),
         ParamSpec("label_format", "string", "array"),
     ]
     inputs = Schema([ColSpec("string", "image"), ColSpec(AnyType(), "phrases")])
@@ -153,8 +173,7 @@ class TCLSegmentationModel(mlflow.pyfunc.PythonModel):
         config = dict(context.model_config or {})
         self.max_bytes = int(config.pop("max_bytes", DEFAULT_MAX_BYTES))
         device = config.pop("device", "cpu")
-        known = {f.name for f in fields(PredictOptions)}
-        options = PredictOptions(**{k: v for k, v in config.items() if k in known})
+        options = _options_from_config(config)
         clip_weights = context.artifacts.get("clip_weights") or config.get("clip_weights")
         model = load_inference_model(context.artifacts["checkpoint"], clip_weights=clip_weights, device=device)
         self.predictor = Predictor(model, options)
@@ -170,7 +189,7 @@ class TCLSegmentationModel(mlflow.pyfunc.PythonModel):
             changes["bg_thresh"] = None
         if "short_side" in changes:
             changes["short_side"] = int(changes["short_side"])
-        return replace(self.predictor.options, **changes), label_format
+        return self.predictor.options.replace(**changes), label_format
 
     # The DataFrame hint keeps MLflow on the explicit signature (no type-hint inference or warning).
     def predict(self, context, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> list[dict[str, Any]]:
@@ -200,7 +219,7 @@ class TCLSegmentationModel(mlflow.pyfunc.PythonModel):
                                 "height": image.height, "width": image.width,
                                 "seconds": round(time.perf_counter() - start, 4)})
             return outputs
-        except InputError as err:
+        except TCLError as err:  # bad input or options (InputError, ConfigError): HTTP 400, one line
             raise _invalid(str(err)) from None
 
 
@@ -227,7 +246,7 @@ def save_segmentation_model(path: str | os.PathLike, checkpoint: str | os.PathLi
     load_inference_model(checkpoint, clip_weights=clip_weights)
 
     artifacts = {"checkpoint": str(checkpoint)}
-    config = {**asdict(options), "max_bytes": int(max_bytes)}
+    config = {**_model_config(options), "max_bytes": int(max_bytes)}
     if clip_weights is not None and str(clip_weights) != "openai":
         artifacts["clip_weights"] = str(clip_weights)
     elif clip_weights is not None:

@@ -82,8 +82,10 @@ def test_invalid_parameters_name_the_key(data, message):
 
 
 def test_setting_switch_and_overrides():
-    assert from_dict(EvalConfig, {}, "evaluate").settings().__dict__ == dict(pamr=True, bg_thresh=0.4, kp_w=0.3,
-                                                                            template="custom")
+    assert from_dict(EvalConfig, {}, "evaluate").settings().__dict__ == dict(
+        pamr=True, bg_thresh=0.4, kp_w=0.3, template="custom", short_side=448, long_side=2048, crop=448, stride=224)
+    synthetic = from_dict(EvalConfig, {}, "evaluate").settings("synthetic")  # the benchmark's window geometry
+    assert (synthetic.short_side, synthetic.long_side, synthetic.crop, synthetic.stride) == (96, 439, 96, 48)
     no_pamr = from_dict(EvalConfig, {"setting": "no_pamr"}, "evaluate").settings()
     assert (no_pamr.pamr, no_pamr.bg_thresh, no_pamr.kp_w) == (False, 0.5, 0.3)
     custom = from_dict(EvalConfig, {"setting": "no_pamr", "bg_thresh": 0.45, "template": "simple"}, "evaluate")

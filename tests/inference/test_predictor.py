@@ -8,6 +8,7 @@ import torch
 from PIL import Image
 
 from tcl.checkpoint import CheckpointError
+from tcl.errors import ConfigError
 from tcl.inference import InputError, PredictOptions, Predictor, load_inference_model, write_outputs
 from tests.inference.conftest import scene, write_tiny_checkpoint
 
@@ -51,10 +52,12 @@ def test_sliding_windows_use_the_evaluation_protocol(tiny_tcl):
 
 
 def test_options_are_validated_with_one_line_errors():
-    for kwargs, message in [({"kp_w": 1.5}, "kp_w must be in"), ({"bg_thresh": -0.1}, "bg_thresh must be in"),
-                            ({"crop": 64, "stride": 0}, "sliding windows need"), ({"template": "nope"}, "nope"),
-                            ({"short_side": 4}, "short_side")]:
-        with pytest.raises(InputError, match=message):
+    for kwargs, message in [({"kp_w": 1.5}, "kp_w: must be in"), ({"bg_thresh": -0.1}, "bg_thresh: must be in"),
+                            ({"crop": 64, "stride": 0}, r"stride: must be in \[1, crop=64\], got 0"),
+                            ({"template": "nope"}, "template: must be one of .*got 'nope'"),
+                            ({"short_side": 4}, "short_side: must be >= 16"), ({"window_batch": 0}, "window_batch"),
+                            ({"max_pixels": 0}, "max_pixels: must be >= 1")]:
+        with pytest.raises(ConfigError, match=message):
             PredictOptions(**kwargs)
 
 

@@ -79,7 +79,7 @@ def test_demo_api_segments_and_keeps_serving_after_bad_requests(predictor):
              "the uploaded image: image too large (300x200 = 60000 pixels; the limit is 40000)"),
             ({"image": _png(noise), "phrases": "cat"}, 413, "upload too large"),
             ({"image": _png(image), "phrases": "cat", "kp_w": "high"}, 400, "kp_w must be a number"),
-            ({"image": _png(image), "phrases": "cat", "kp_w": 7}, 400, "kp_w must be in [0, 1]"),
+            ({"image": _png(image), "phrases": "cat", "kp_w": 7}, 400, "kp_w: must be in [0, 1]"),
             ({"phrases": "cat"}, 400, "no image uploaded"),
             (b"{not json", 400, "not JSON"),
             (b"x" * 300_000, 413, "upload too large (300000 bytes"),  # refused from Content-Length

@@ -135,7 +135,7 @@ def test_serve_demo_refuses_bad_limits_in_one_line(tiny_checkpoint, capsys):
     from tcl.cli import main
 
     assert main(["serve-demo", "--checkpoint", str(tiny_checkpoint), "--queue", "-1"]) == 2
-    assert capsys.readouterr().err == "tcl: error: queue must be >= 0, got -1\n"
+    assert capsys.readouterr().err == "tcl: error: queue: must be >= 0, got -1\n"
 
 
 def test_slow_clients_neither_block_others_nor_stay_connected(predictor):

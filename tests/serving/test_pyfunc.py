@@ -71,6 +71,10 @@ def test_registered_model_loads_and_segments(registered, reference, monkeypatch)
                                               r"accepts: background, bg_thresh, kp_w, label_format, pamr, short_side"):
         model.predict(frame.iloc[:1], params={"bg_treshold": 0.9, "pamr_off": True, "background": False})
     assert model.predict(frame.iloc[:1], params={"background": False})[0]["classes"] == ["red disc", "blue square"]
+    # An option out of range is the caller's error (HTTP 400), named by the shared settings' own check.
+    with pytest.raises(MlflowException, match=r"^kp_w: must be in \[0, 1\], got 2.0$") as err:
+        model.predict(frame.iloc[:1], params={"kp_w": 2.0})
+    assert err.value.error_code == "INVALID_PARAMETER_VALUE"
 
     for frame, message in [
         (pd.DataFrame({"image": [encode_image(b"not an image")], "phrases": ["cat"]}), "row 0: not an image"),

@@ -184,6 +184,15 @@ def test_mlflow_child_run_under_the_training_run(project, capsys, monkeypatch):
      "evaluate: error: --out names one benchmark's result: use --out-dir"),
     (["--all-benchmarks", "--clip", "models/clip", "--baseline", "step0", "--bg-thresh", "0.5",
       "--choose-bg-thresh", "b.json"], "evaluate: error: --choose-bg-thresh and --bg-thresh both set"),
+    # errors of the library's model sources and threshold protocol (TCLErrors, caught by run_stage)
+    (["--benchmark", "voc", "--clip", "models/clip", "--baseline", "step0", "--device", "nope"],
+     "evaluate: error: --device: 'nope' is not a torch device"),
+    (["--benchmark", "voc", "--clip", "models/clip", "--baseline", "step0", "-S", "model.ie_freeze=3"],
+     "evaluate: error: ie_freeze must be in 1..2 for a 3-block CLIP, got 3"),
+    (["--benchmark", "voc20", "--clip", "models/clip", "--baseline", "step0", "--sweep-bg-thresh", "--out", "s.json"],
+     "evaluate: error: benchmark 'voc20' has no background class: bg_thresh does not apply"),
+    (["--benchmark", "voc", "--clip", "models/clip", "--baseline", "step0", "--bg-thresh", "params.yaml"],
+     "evaluate: error: --bg-thresh: params.yaml holds no 'best' threshold"),
 ])
 def test_bad_input_is_one_line_and_exit_2(project, capsys, monkeypatch, args, message):
     monkeypatch.chdir(project)

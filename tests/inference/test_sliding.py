@@ -1,4 +1,4 @@
-"""Sliding-window inference: window placement, batching equivalence, background rule, precision."""
+"""Sliding-window inference and scores → labels: window placement, batching equivalence, background rule, precision."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tcl.inference.segment import labels_at, with_background
+from tcl.inference.scores import labels_at, with_background
 from tcl.inference.sliding import sliding_window_scores, sliding_window_scores_many, window_boxes, window_starts
 
 

@@ -68,8 +68,9 @@ def main(argv: list[str] | None = None) -> int:
 def check_inputs(params, args) -> None:
     """The saved CLIP (and that it is ``clip.model``'s), the shards, the validation benchmarks' data,
     the checkpoint to resume from and the output folders; raises ``ConfigError``, creates nothing."""
+    from tcl.checkpoint import check_saved_clip
     from tcl.config import ConfigError
-    from tcl.preflight import check_eval_data, check_output_folders, check_saved_clip, check_shards
+    from tcl.preflight import check_eval_data, check_output_folders, check_shards
 
     check_saved_clip(args.clip, params.clip.model)
     check_shards(params.data)

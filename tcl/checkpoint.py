@@ -26,12 +26,13 @@ import torch
 from torch import nn
 
 from .atomic import atomic_path, write_json_atomic
+from .errors import ConfigError
 from .model import TCL, TCLConfig, WeightsError, create_clip
 from .serialization import LoadError, safe_load
 
 __all__ = ["CheckpointError", "FORMAT", "CLIP_SEARCH_LEVELS", "trainable_state", "save_checkpoint", "read_checkpoint",
            "load_trainable_state", "model_from_checkpoint", "load_model", "save_clip", "load_saved_clip",
-           "CLIP_WEIGHTS", "CLIP_CONFIG"]
+           "CLIP_WEIGHTS", "CLIP_CONFIG", "check_saved_clip"]
 
 FORMAT = "tcl-training-checkpoint/1"
 _FROZEN_PREFIX = "clip."
@@ -232,3 +233,33 @@ def load_saved_clip(directory: str | os.PathLike) -> nn.Module:
     directory = Path(directory)
     model = json.loads((directory / CLIP_CONFIG).read_text())["model"]
     return create_clip(model, directory / CLIP_WEIGHTS)
+
+
+def _first_difference(a, b, path: str = "") -> str:
+    if isinstance(a, dict) and isinstance(b, dict):
+        for k in sorted(set(a) | set(b), key=str):
+            if a.get(k, ...) != b.get(k, ...):
+                return _first_difference(a.get(k, "(absent)"), b.get(k, "(absent)"), f"{path}.{k}" if path else k)
+    return f"{path or 'the model'}: {a!r} here, {b!r} there"
+
+
+def check_saved_clip(clip_dir: str | os.PathLike, model: str | dict) -> None:
+    """``clip_dir`` holds the prepare_clip output (``clip.pt``, ``clip.json``) for ``clip.model``.
+
+    A ``clip.model`` other than the one the saved CLIP was built from would train (the CLIP is read
+    from ``clip.json``) into a checkpoint recording the wrong config, which can never be loaded.
+    """
+    clip_dir = Path(clip_dir)
+    for name in (CLIP_CONFIG, CLIP_WEIGHTS):
+        if not (clip_dir / name).is_file():
+            raise ConfigError(f"no CLIP at {clip_dir}: {clip_dir / name} not found; run the prepare_clip stage "
+                              "first (python stages/prepare_clip.py) or pass --clip")
+    try:
+        saved = json.loads((clip_dir / CLIP_CONFIG).read_text())["model"]
+    except (OSError, ValueError, KeyError, TypeError):
+        raise ConfigError(f"{clip_dir / CLIP_CONFIG}: missing or not the prepare_clip stage's config file; run "
+                          "prepare_clip again (dvc repro prepare_clip)") from None
+    if saved != model:
+        raise ConfigError(f"clip.model: differs from {clip_dir / CLIP_CONFIG}, the CLIP that prepare_clip made "
+                          f"({_first_difference(model, saved)}): run prepare_clip again (dvc repro prepare_clip) "
+                          "or set clip.model back")

@@ -9,7 +9,6 @@ collects them for the whole pipeline.
 
 from __future__ import annotations
 
-import json
 import os
 import socket
 import threading
@@ -21,7 +20,7 @@ from .config import ConfigError
 from .data.stream import StreamConfig, expand_shards
 from .eval.config import EvalConfig
 
-__all__ = ["check_shards", "check_shard_source", "check_eval_data", "check_saved_clip", "check_output_folders",
+__all__ = ["check_shards", "check_shard_source", "check_eval_data", "check_output_folders",
            "check_clip_weights", "openai_weights_source", "reachable", "PAPER_SETTING_DOCS"]
 
 #: Where the paper setting's inputs come from (the README section with the table of data and weights).
@@ -60,38 +59,6 @@ def check_eval_data(names: Iterable[str], config: EvalConfig, key: str, root: st
             check_layout(get_benchmark(name), config.data_roots, root)
         except EvalDataError as err:
             raise ConfigError(f"{key}: {err}") from None
-
-
-def _first_difference(a, b, path: str = "") -> str:
-    if isinstance(a, dict) and isinstance(b, dict):
-        for k in sorted(set(a) | set(b), key=str):
-            if a.get(k, ...) != b.get(k, ...):
-                return _first_difference(a.get(k, "(absent)"), b.get(k, "(absent)"), f"{path}.{k}" if path else k)
-    return f"{path or 'the model'}: {a!r} here, {b!r} there"
-
-
-def check_saved_clip(clip_dir: str | os.PathLike, model: str | dict) -> None:
-    """``clip_dir`` holds the prepare_clip output (``clip.pt``, ``clip.json``) for ``clip.model``.
-
-    A ``clip.model`` other than the one the saved CLIP was built from would train (the CLIP is read
-    from ``clip.json``) into a checkpoint recording the wrong config, which can never be loaded.
-    """
-    from .checkpoint import CLIP_CONFIG, CLIP_WEIGHTS
-
-    clip_dir = Path(clip_dir)
-    for name in (CLIP_CONFIG, CLIP_WEIGHTS):
-        if not (clip_dir / name).is_file():
-            raise ConfigError(f"no CLIP at {clip_dir}: {clip_dir / name} not found; run the prepare_clip stage "
-                              "first (python stages/prepare_clip.py) or pass --clip")
-    try:
-        saved = json.loads((clip_dir / CLIP_CONFIG).read_text())["model"]
-    except (OSError, ValueError, KeyError, TypeError):
-        raise ConfigError(f"{clip_dir / CLIP_CONFIG}: missing or not the prepare_clip stage's config file; run "
-                          "prepare_clip again (dvc repro prepare_clip)") from None
-    if saved != model:
-        raise ConfigError(f"clip.model: differs from {clip_dir / CLIP_CONFIG}, the CLIP that prepare_clip made "
-                          f"({_first_difference(model, saved)}): run prepare_clip again (dvc repro prepare_clip) "
-                          "or set clip.model back")
 
 
 def check_output_folders(*folders: str | os.PathLike) -> None:

@@ -63,7 +63,7 @@ class LoadedModel:
 def check_source(source: ModelSource, clip_model: str | dict) -> None:
     """The source's files exist (and a baseline's CLIP is ``clip_model``'s); loads nothing.
     Raises ``ConfigError``."""
-    from ..preflight import check_saved_clip
+    from ..checkpoint import check_saved_clip
 
     if source.checkpoint is not None and not source.checkpoint.is_file():
         raise ConfigError(f"checkpoint not found: {source.checkpoint} (--checkpoint: a training checkpoint or "

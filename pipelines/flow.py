@@ -31,13 +31,20 @@ from prefect.tasks import exponential_backoff
 from pipelines import dvc_cli as dvc
 from pipelines.inputs import missing_inputs
 from pipelines.lock import workspace_lock
-from pipelines.overrides import load_overrides_file, parse_overrides, validate_overrides, write_overrides
+from pipelines.overrides import (
+    add_override_arguments,
+    load_overrides_file,
+    parse_overrides,
+    validate_overrides,
+    write_overrides,
+)
 from pipelines.parent_run import PipelineRun, benchmark_table, read_report
-from tcl.config import ConfigError
+from tcl.errors import ConfigError, TCLError
 from tcl.tracking import STAGE_ENV
 
 __all__ = ["tcl_pipeline", "run_stage", "stage_groups", "PROJECT_ROOT"]
 
+PROG = "flow"
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
 #: Stages evaluated as one mapped group (base names, before "@").
@@ -124,7 +131,9 @@ def tcl_pipeline(overrides: list[str] | None = None, overrides_file: str | None 
             logger.info("params.yaml overrides: %s", ", ".join(f"{k}={v!r}" for k, v in changes))
         groups = stage_groups(dvc.stage_names(root))
         if until is not None and until not in (names := [name for name, _ in groups]):
-            raise ValueError(f"until={until!r} is not a stage of dvc.yaml (stages: {', '.join(names)})")
+            raise ConfigError(f"until={until!r} is not a stage of dvc.yaml (stages: {', '.join(names)})")
+        # The library never asks Prefect for the flow-run id (tcl.tracking reads only the environment):
+        # the parent run gets it here as its tag, the stage processes through run.env().
         with PipelineRun.start(root, experiment=params.pipeline.experiment, kind="prefect",
                                overrides=[f"{k}={v}" for k, v in changes], flow_run_id=str(flow_run.id or ""),
                                enabled=track) as run:
@@ -153,8 +162,7 @@ def tcl_pipeline(overrides: list[str] | None = None, overrides_file: str | None 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m pipelines.flow", description=__doc__.split("\n\n")[0])
-    parser.add_argument("-S", "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="parameter override, as for dvc exp run -S (repeatable)")
+    add_override_arguments(parser, "parameter override, as for dvc exp run -S (repeatable)")
     parser.add_argument("--overrides-file", help="YAML file of dotted keys (e.g. configs/paper.yaml)")
     parser.add_argument("--force", action="store_true", help="re-run every stage")
     parser.add_argument("--eval-concurrency", type=int, default=1, help="evaluations at a time (1)")
@@ -164,7 +172,13 @@ def main(argv: list[str] | None = None) -> int:
     state = tcl_pipeline(overrides=args.overrides, overrides_file=args.overrides_file, force=args.force,
                          eval_concurrency=args.eval_concurrency, until=args.until, track=not args.no_tracking,
                          return_state=True)
-    return 0 if state.is_completed() else 1
+    if state.is_completed():
+        return 0
+    failure = state.result(raise_on_failure=False)
+    if isinstance(failure, TCLError):  # bad parameters, missing inputs, a busy checkout: before any stage ran
+        print(f"{PROG}: error: {failure}", file=sys.stderr)
+        return 2
+    return 1  # a stage failed: Prefect's log above has its output
 
 
 if __name__ == "__main__":

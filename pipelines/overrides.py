@@ -6,11 +6,14 @@ file (``configs/paper.yaml``) is a YAML mapping of such dotted keys. :func:`vali
 applies them to a copy of the parameter file and checks the result with :mod:`tcl.config`, so a
 typo fails in one line before any stage starts; :func:`write_overrides` then writes them into the
 file through DVC's own ``-S`` code path (comments and layout kept), and :func:`to_dvc_set_args`
-turns them into ``-S`` arguments for ``dvc exp run``.
+turns them into ``-S`` arguments for ``dvc exp run``. :func:`add_override_arguments` is the one
+declaration of ``-S/--set`` for every command line that takes overrides (the stages, ``pipelines.run``,
+``pipelines.flow``, ``pipelines.serve``).
 """
 
 from __future__ import annotations
 
+import argparse
 import copy
 import os
 import re
@@ -18,21 +21,36 @@ import shutil
 import tempfile
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from tcl.config import FLOAT_EXPONENT, ConfigError, Params, params_from_file, read_params_file, read_yaml_file
+from tcl.errors import ConfigError
 
-__all__ = ["Override", "parse_overrides", "load_overrides_file", "apply_overrides", "validate_overrides",
-           "write_overrides", "to_dvc_set_args", "hydra_value"]
+if TYPE_CHECKING:
+    from tcl.config import Params
+
+__all__ = ["Override", "add_override_arguments", "parse_overrides", "load_overrides_file", "apply_overrides",
+           "validate_overrides", "write_overrides", "to_dvc_set_args", "hydra_value"]
 
 Override = tuple[str, Any]
 _KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]*(\.[A-Za-z0-9_-]+)*$")
+# tcl.config is imported where it is used, not here: it imports torch (seconds), and every command's
+# parser imports this module for add_override_arguments, so --help and argument errors stay instant.
+
+
+def add_override_arguments(parser: argparse.ArgumentParser, help_text: str | None = None) -> None:
+    """``-S/--set KEY=VALUE`` (repeatable, YAML values, as ``dvc exp run -S``) into ``args.overrides``;
+    ``help_text`` words it for a command whose overrides apply to something else than this run."""
+    help_text = help_text or "override one parameter for this run only, e.g. -S train.lr=0.0003 (repeatable)"
+    parser.add_argument("-S", "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help=help_text)
 
 
 def parse_overrides(items: Iterable[str]) -> list[Override]:
     """``["train.steps=200", ...]`` → ``[("train.steps", 200), ...]`` (values parsed as YAML)."""
+    from tcl.config import FLOAT_EXPONENT
+
     out = []
     for item in items:
         key, sep, text = item.partition("=")
@@ -51,6 +69,8 @@ def parse_overrides(items: Iterable[str]) -> list[Override]:
 
 def load_overrides_file(path: str | os.PathLike) -> list[Override]:
     """A YAML mapping of dotted keys to values (``clip.weights: openai``), in file order."""
+    from tcl.config import read_yaml_file
+
     path = Path(path)
     data = read_yaml_file(path, "overrides file")  # keys given twice, bad bytes, bad YAML: one line
     if not isinstance(data, dict):
@@ -82,6 +102,8 @@ def validate_overrides(params_file: str | os.PathLike, overrides: Iterable[Overr
     The result must be complete (every section and key; :func:`tcl.config.from_dict`): a key
     missing from the file is an error naming it unless an override sets it.
     """
+    from tcl.config import params_from_file, read_params_file
+
     return params_from_file(apply_overrides(read_params_file(params_file), overrides), params_file)
 
 
@@ -115,6 +137,8 @@ def _has_key(data: Any, key: str) -> bool:
 
 
 def _hydra_overrides(params_file: Path, overrides: Iterable[Override]) -> list[str]:
+    from tcl.config import read_params_file
+
     data, out = read_params_file(params_file), []
     for key, value in overrides:
         # Hydra refuses to set a key the file does not hold yet unless it is spelled "+key", and it
@@ -138,6 +162,8 @@ def to_dvc_set_args(params_file: str | os.PathLike, overrides: Iterable[Override
 
 def write_overrides(params_file: str | os.PathLike, overrides: Iterable[Override]) -> Params:
     """Validate, then write ``overrides`` into ``params_file`` as ``dvc exp run -S`` would; returns the params."""
+    from tcl.config import params_from_file, read_params_file
+
     params_file, overrides = Path(params_file), list(overrides)
     params = validate_overrides(params_file, overrides)
     if not overrides:

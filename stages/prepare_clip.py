@@ -67,8 +67,9 @@ def prepare_clip(params, out: Path) -> int:
 
             try:
                 trained = pretrain_clip(clip, batches, params.prepare_clip, log)
-            except FloatingPointError as err:  # a diverged loss (lower prepare_clip.lr): the user's setting
-                # TODO(tcl/train owner): raise a TCLError in tcl/train/clip_pretraining.py and drop this.
+            except FloatingPointError as err:  # a diverged loss: the user's prepare_clip.lr, not a bug
+                # tcl/train/clip_pretraining.py raises it as a plain FloatingPointError (that module is not
+                # part of this change); once it raises a TCLError itself, this handler goes.
                 raise TrainingError(str(err)) from None
             metrics = {"source": "trained from scratch", **trained}
         save_clip(out, clip, params.clip.model)

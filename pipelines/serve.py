@@ -33,14 +33,12 @@ def main(argv: list[str] | None = None) -> int:
 
     from prefect.client.schemas.schedules import CronSchedule
 
-    from pipelines.overrides import load_overrides_file, parse_overrides, validate_overrides
     from tcl.errors import TCLError
 
-    from .flow import PROJECT_ROOT, tcl_pipeline
+    from .flow import PROJECT_ROOT, checked_overrides, tcl_pipeline
 
-    try:  # as each scheduled run will (pipelines.flow), so that a typo fails now, not at 03:00
-        changes = load_overrides_file(PROJECT_ROOT / args.overrides_file) if args.overrides_file else []
-        validate_overrides(PROJECT_ROOT / "params.yaml", changes + parse_overrides(args.overrides))
+    try:  # as each scheduled run will, so that a typo fails now, not at 03:00
+        checked_overrides(PROJECT_ROOT, args.overrides, args.overrides_file)
     except TCLError as err:
         print(f"{PROG}: error: {err}", file=sys.stderr)
         return 2

@@ -78,6 +78,7 @@ def prepare_clip(params, out: Path) -> int:
     print(f"wrote {out / 'clip.pt'}")
     return 0
 
+
 def check_inputs(params, out: Path) -> None:
     """The CLIP weights (a file, or ``openai`` cached or downloadable now) or, to train one, the
     shards; and the output folder. Raises ``ConfigError``; creates nothing."""

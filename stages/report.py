@@ -40,5 +40,6 @@ def main(argv: list[str] | None = None) -> int:
 
     return run_stage(PROG, work)
 
+
 if __name__ == "__main__":
     sys.exit(main())

@@ -107,5 +107,6 @@ def generate(out: Path, params: SyntheticParams, workers: int) -> None:
         print(f"wrote {counts['corpus_pairs']} pairs, {params.val_images} val + {params.train_images} train images "
               f"per benchmark to {out} in {result['seconds']:.1f} s ({result['pairs_per_s']:.0f} pairs/s overall)")
 
+
 if __name__ == "__main__":
     sys.exit(main())

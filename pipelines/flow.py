@@ -10,7 +10,8 @@ benchmarks with at most ``eval_concurrency`` at a time. One MLflow parent run pe
 every stage's run; the flow publishes the benchmark table as a Prefect table artifact and links
 that MLflow run. A flow run holds the checkout's workspace lock (:mod:`pipelines.lock`) from
 start to finish, as ``make run`` does: a second pipeline run in the same checkout fails at once,
-naming the first. Run it once with ``python -m pipelines.flow``; schedule it with ``prefect.yaml``
+naming the first. Run it once with ``python -m pipelines.flow`` (bad parameters: one line on stderr,
+exit status 2, before any flow run; a failed stage: exit status 1); schedule it with ``prefect.yaml``
 or ``python -m pipelines.serve``.
 """
 
@@ -31,17 +32,31 @@ from prefect.tasks import exponential_backoff
 from pipelines import dvc_cli as dvc
 from pipelines.inputs import missing_inputs
 from pipelines.lock import workspace_lock
-from pipelines.overrides import write_overrides
+from pipelines.overrides import (
+    add_override_arguments,
+    load_overrides_file,
+    parse_overrides,
+    validate_overrides,
+    write_overrides,
+)
 from pipelines.parent_run import PipelineRun, benchmark_table, read_report
-from tcl.config import ConfigError, load_overrides_file, parse_overrides, validate_overrides
+from tcl.errors import ConfigError, TCLError
 from tcl.tracking import STAGE_ENV
 
-__all__ = ["tcl_pipeline", "run_stage", "stage_groups", "PROJECT_ROOT"]
+__all__ = ["tcl_pipeline", "run_stage", "stage_groups", "checked_overrides", "PROJECT_ROOT"]
 
+PROG = "flow"
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
 #: Stages evaluated as one mapped group (base names, before "@").
 EVAL_STAGES = ("evaluate", "baseline")
+
+
+def checked_overrides(root: Path, overrides: list[str] | None, overrides_file: str | None):
+    """``(changes, params)``: a flow run's overrides (``overrides_file``'s, relative to ``root``, then the
+    ``key=value`` items) and the parameters ``root/params.yaml`` would hold with them; raises ``ConfigError``."""
+    changes = (load_overrides_file(root / overrides_file) if overrides_file else []) + parse_overrides(overrides or [])
+    return changes, validate_overrides(root / "params.yaml", changes)
 
 
 @task(name="stage", task_run_name="{stage}", cache_policy=NO_CACHE)
@@ -113,9 +128,7 @@ def tcl_pipeline(overrides: list[str] | None = None, overrides_file: str | None 
     root = Path(project_root) if project_root else PROJECT_ROOT
     # One pipeline run per checkout at a time (they share params.yaml); held until the flow run ends.
     with workspace_lock(root, f"prefect flow run {flow_run.name or flow_run.id} (tcl-pipeline)"):
-        changes = ((load_overrides_file(root / overrides_file) if overrides_file else [])
-                   + parse_overrides(overrides or []))
-        params = validate_overrides(root / "params.yaml", changes)
+        changes, params = checked_overrides(root, overrides, overrides_file)
         missing = missing_inputs(params, root)  # as make run: every missing input before any stage starts
         if missing:
             raise ConfigError(f"{len(missing)} input(s) missing: " + " | ".join(missing))
@@ -124,7 +137,9 @@ def tcl_pipeline(overrides: list[str] | None = None, overrides_file: str | None 
             logger.info("params.yaml overrides: %s", ", ".join(f"{k}={v!r}" for k, v in changes))
         groups = stage_groups(dvc.stage_names(root))
         if until is not None and until not in (names := [name for name, _ in groups]):
-            raise ValueError(f"until={until!r} is not a stage of dvc.yaml (stages: {', '.join(names)})")
+            raise ConfigError(f"until={until!r} is not a stage of dvc.yaml (stages: {', '.join(names)})")
+        # The library never asks Prefect for the flow-run id (tcl.tracking reads only the environment):
+        # the parent run gets it here as its tag, the stage processes through run.env().
         with PipelineRun.start(root, experiment=params.pipeline.experiment, kind="prefect",
                                overrides=[f"{k}={v}" for k, v in changes], flow_run_id=str(flow_run.id or ""),
                                enabled=track) as run:
@@ -153,18 +168,28 @@ def tcl_pipeline(overrides: list[str] | None = None, overrides_file: str | None 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m pipelines.flow", description=__doc__.split("\n\n")[0])
-    parser.add_argument("-S", "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="parameter override, as for dvc exp run -S (repeatable)")
+    add_override_arguments(parser, "parameter override, as for dvc exp run -S (repeatable)")
     parser.add_argument("--overrides-file", help="YAML file of dotted keys (e.g. configs/paper.yaml)")
     parser.add_argument("--force", action="store_true", help="re-run every stage")
     parser.add_argument("--eval-concurrency", type=int, default=1, help="evaluations at a time (1)")
     parser.add_argument("--until", help="stop after this stage (download, prepare_clip, train, ...)")
     parser.add_argument("--no-tracking", action="store_true", help="no MLflow parent run (stages still log theirs)")
     args = parser.parse_args(argv)
+    try:  # checked again by the flow run; here first, so that a typo is one line and starts no flow run
+        checked_overrides(PROJECT_ROOT, args.overrides, args.overrides_file)
+    except TCLError as err:
+        print(f"{PROG}: error: {err}", file=sys.stderr)
+        return 2
     state = tcl_pipeline(overrides=args.overrides, overrides_file=args.overrides_file, force=args.force,
                          eval_concurrency=args.eval_concurrency, until=args.until, track=not args.no_tracking,
                          return_state=True)
-    return 0 if state.is_completed() else 1
+    if state.is_completed():
+        return 0
+    failure = state.result(raise_on_failure=False)
+    if isinstance(failure, TCLError):  # bad parameters, missing inputs, a busy checkout: before any stage ran
+        print(f"{PROG}: error: {failure}", file=sys.stderr)
+        return 2
+    return 1  # a stage failed: Prefect's log above has its output
 
 
 if __name__ == "__main__":

@@ -4,10 +4,13 @@ arguments (:func:`to_dvc_set_args`).
 Parsing, applying and validating overrides (``key.path=value``, YAML values, or an overrides file
 such as ``configs/paper.yaml``) is DVC-free and lives in :mod:`tcl.config`; it is re-exported here
 so that the orchestration imports everything about overrides from one place.
+:func:`add_override_arguments` is the one declaration of ``-S/--set`` for every command line that
+takes overrides (the stages, ``pipelines.run``, ``pipelines.flow``, ``pipelines.serve``).
 """
 
 from __future__ import annotations
 
+import argparse
 import os
 import re
 import shutil
@@ -28,8 +31,16 @@ from tcl.config import (
     validate_overrides,
 )
 
-__all__ = ["Override", "parse_overrides", "load_overrides_file", "apply_overrides", "validate_overrides",
-           "write_overrides", "to_dvc_set_args", "hydra_value"]
+__all__ = ["Override", "add_override_arguments", "parse_overrides", "load_overrides_file", "apply_overrides",
+           "validate_overrides", "write_overrides", "to_dvc_set_args", "hydra_value"]
+
+
+def add_override_arguments(parser: argparse.ArgumentParser, help_text: str | None = None) -> None:
+    """``-S/--set KEY=VALUE`` (repeatable, YAML values, as ``dvc exp run -S``) into ``args.overrides``;
+    ``help_text`` words it for a command whose overrides apply to something else than this run."""
+    help_text = help_text or "override one parameter for this run only, e.g. -S train.lr=0.0003 (repeatable)"
+    parser.add_argument("-S", "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help=help_text)
 
 
 def hydra_value(value: Any) -> str:

@@ -27,6 +27,8 @@ import signal
 import sys
 from pathlib import Path
 
+from pipelines.overrides import add_override_arguments
+
 PROG = "run"
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
@@ -41,8 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = _Parser(prog="python -m pipelines.run", description=__doc__.split("\n\n")[0],
                      formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     parser.add_argument("targets", nargs="*", help="stages to bring up to date, with what they need (all)")
-    parser.add_argument("-S", "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="parameter override, as for dvc exp run -S (repeatable; YAML values)")
+    add_override_arguments(parser, "parameter override, as for dvc exp run -S (repeatable; YAML values)")
     parser.add_argument("--overrides-file", type=Path, help="YAML file of dotted keys, e.g. configs/paper.yaml")
     parser.add_argument("--exp", metavar="NAME", help="run as DVC experiment NAME (dvc exp run) instead of dvc repro")
     parser.add_argument("--force", action="store_true", help="run every stage even if DVC finds it up to date")
@@ -53,17 +54,23 @@ def main(argv: list[str] | None = None) -> int:
 
     from pipelines import dvc_cli as dvc
     from pipelines.inputs import missing_inputs
-    from pipelines.lock import WorkspaceError, WorkspaceLock
-    from pipelines.overrides import to_dvc_set_args, write_overrides
+    from pipelines.lock import WorkspaceLock
+    from pipelines.overrides import (
+        load_overrides_file,
+        parse_overrides,
+        to_dvc_set_args,
+        validate_overrides,
+        write_overrides,
+    )
     from pipelines.parent_run import REPORT_JSON, PipelineRun
-    from tcl.config import ConfigError, load_overrides_file, parse_overrides, validate_overrides
+    from tcl.errors import TCLError
 
     root, params_file = args.root.resolve(), args.root.resolve() / "params.yaml"
     try:  # held until main returns (the last reference goes) or the process ends, however it ends
         command = shlex.join(["python", "-m", "pipelines.run", *(sys.argv[1:] if argv is None else argv)])
         _lock = WorkspaceLock.acquire(root, command, wait=args.wait,  # noqa: F841
                                       on_wait=lambda line: print(f"{PROG}: {line}", flush=True))
-    except WorkspaceError as err:
+    except TCLError as err:  # the workspace is busy (or not a DVC project)
         print(f"{PROG}: error: {err}", file=sys.stderr)
         return 2
     try:
@@ -84,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
             if not args.force and not dvc.stale_stages(root, args.targets):
                 print("run: the pipeline is up to date (dvc status): nothing to do")
                 return 0
-    except (ConfigError, dvc.DvcError) as err:
+    except TCLError as err:  # bad parameters or overrides, DVC unable to say what is stale: nothing ran
         print(f"{PROG}: error: {err}", file=sys.stderr)
         return 2
 
@@ -102,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
               flush=True)
         try:
             dvc.run_dvc(command, root=root, env=dvc.tool_env(run.env()))
-        except dvc.DvcError as err:
+        except dvc.DvcError as err:  # a stage failed (exit 1), not the command line: its output is above
             run.finish("FAILED")
             print(f"{PROG}: error: {err}", file=sys.stderr)
             return 1

@@ -7,13 +7,18 @@
 
 The deployment runs in this process, one flow run at a time (two runs in one checkout would race
 for params.yaml); trigger extra runs from the UI ("Run" on the deployment) or with
-``prefect deployment run tcl-pipeline/nightly``. Ctrl-C stops serving.
+``prefect deployment run tcl-pipeline/nightly``. Ctrl-C stops serving. The overrides are validated
+against params.yaml first: a bad one is one line on stderr and exit status 2, nothing is served.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+
+from pipelines.overrides import add_override_arguments
+
+PROG = "serve"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -22,15 +27,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--name", default="nightly", help="deployment name (nightly)")
     parser.add_argument("--cron", default="0 3 * * *", help="schedule, cron syntax (03:00 daily); '' for none")
     parser.add_argument("--timezone", default="UTC", help="timezone of the schedule (UTC)")
-    parser.add_argument("-S", "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="default parameter override of the scheduled runs (repeatable)")
+    add_override_arguments(parser, "default parameter override of the scheduled runs (repeatable)")
     parser.add_argument("--overrides-file", help="default overrides file of the scheduled runs")
     args = parser.parse_args(argv)
 
     from prefect.client.schemas.schedules import CronSchedule
 
-    from .flow import tcl_pipeline
+    from tcl.errors import TCLError
 
+    from .flow import PROJECT_ROOT, checked_overrides, tcl_pipeline
+
+    try:  # as each scheduled run will, so that a typo fails now, not at 03:00
+        checked_overrides(PROJECT_ROOT, args.overrides, args.overrides_file)
+    except TCLError as err:
+        print(f"{PROG}: error: {err}", file=sys.stderr)
+        return 2
     schedules = [CronSchedule(cron=args.cron, timezone=args.timezone)] if args.cron else []
     tcl_pipeline.serve(name=args.name, schedules=schedules, limit=1, tags=["tcl"],
                        parameters={"overrides": args.overrides, "overrides_file": args.overrides_file},

@@ -2,13 +2,16 @@
 
 :class:`StageParser`: ``--help`` shows the stage's module docstring (usage examples included), bad
 arguments end in one line, ``<stage>: error: ... (see --help)``, exit status 2, and
-``--params``/``-S``/``--set`` are declared once for every stage (:func:`add_override_arguments`, also
-used by ``pipelines/``).
+``--params``/``-S``/``--set`` are declared once for every stage (``-S``/``--set`` by
+:func:`pipelines.overrides.add_override_arguments`, which ``pipelines/`` uses too).
 
 :func:`run_stage`: runs a stage's work and turns the failures a user can cause or fix into one line
 on stderr instead of a traceback — any :class:`tcl.errors.TCLError` (bad parameters, missing or
 hostile input files, data problems) exit 2, a full disk (:class:`tcl.atomic.DiskFullError`, raised by
-every atomic output write) exit 1, Ctrl-C exit 130. Anything else is a bug and keeps its traceback.
+every atomic output write) exit 1, Ctrl-C exit 130. A ``TCLError`` that sets ``exit_status`` (e.g.
+:class:`tcl.tracking.registry.RegistryError`: the tracking server failed, rerun later) exits with
+that instead of 2. Anything else is a bug and keeps its traceback. Stages catch nothing themselves:
+the library turns the failures a user can cause into ``TCLError`` where they happen.
 """
 
 from __future__ import annotations
@@ -19,18 +22,15 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from pipelines.overrides import add_override_arguments
+
 __all__ = ["StageParser", "add_override_arguments", "run_stage"]
 
 # The one place this is set for the stages (every stage imports this module before torch): with 2
 # threads on shared cores OpenMP's spin-waiting made CPU training ~3x slower (measured), and it is read
-# when torch loads its OpenMP runtime. A value the user exported wins.
+# when torch loads its OpenMP runtime. A value the user exported wins. (pipelines.overrides, imported
+# above, does not import torch.)
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-
-
-def add_override_arguments(parser: argparse.ArgumentParser) -> None:
-    """``-S/--set KEY=VALUE`` (repeatable, YAML values, as ``dvc exp run -S``) into ``args.overrides``."""
-    parser.add_argument("-S", "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override one parameter for this run only, e.g. -S train.lr=0.0003 (repeatable)")
 
 
 class StageParser(argparse.ArgumentParser):
@@ -63,11 +63,13 @@ class StageParser(argparse.ArgumentParser):
 
 
 def run_stage(prog: str, work: Callable[[], int | None], *,
-              after_disk_full: Callable[[], str] | None = None) -> int:
+              after_disk_full: Callable[[], str] | None = None,
+              after_interrupt: Callable[[], str] | None = None) -> int:
     """``work()``'s exit status (``None`` counts as 0), or that of the one line printed for its failure.
 
     ``after_disk_full`` may return a sentence appended to the disk-full line (e.g. which checkpoint
-    survives and how to resume from it).
+    survives and how to resume from it); ``after_interrupt`` one appended to ``<prog>: interrupted``
+    (e.g. that the output was left as it was).
     """
     from tcl.atomic import DiskFullError
     from tcl.errors import TCLError
@@ -81,8 +83,9 @@ def run_stage(prog: str, work: Callable[[], int | None], *,
         return 1
     except TCLError as err:
         print(f"{prog}: error: {err}", file=sys.stderr)
-        return 2
+        return getattr(err, "exit_status", 2)
     except KeyboardInterrupt:
-        print(f"{prog}: interrupted", file=sys.stderr)
+        extra = after_interrupt() if after_interrupt else ""
+        print(f"{prog}: interrupted{': ' + extra if extra else ''}", file=sys.stderr)
         return 130
     return 0 if status is None else status

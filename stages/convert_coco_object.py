@@ -9,7 +9,6 @@ skipped, so an interrupted run resumes; outputs are written atomically.
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 from pathlib import Path
@@ -18,12 +17,14 @@ from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tcl.data.coco_object import SPLITS, COCOObjectError, convert_coco_object  # noqa: E402
+from stages.common import StageParser, run_stage  # noqa: E402
+from tcl.data.coco_object import SPLITS, convert_coco_object  # noqa: E402
+
+PROG = "convert_coco_object"
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    parser = StageParser(PROG, __doc__)
     parser.add_argument("--root", type=Path, required=True,
                         help="COCO-Stuff-164k root holding annotations/{train2017,val2017}/*.png")
     parser.add_argument("--out", type=Path, required=True, help="output root (annotations/<split>/...)")
@@ -33,21 +34,24 @@ def main(argv: list[str] | None = None) -> int:
                         help="number of raw maps that must be found (123287 for the full train+val set)")
     args = parser.parse_args(argv)
 
-    bar = tqdm(unit="map", desc="COCO-Object", dynamic_ncols=True)
+    bars: list[tqdm] = []  # created on the first report: a check that fails early prints no empty bar
 
     def progress(done: int, total: int) -> None:
-        bar.total = total
-        bar.update(done - bar.n)
+        if not bars:
+            bars.append(tqdm(total=total, unit="map", desc="COCO-Object", dynamic_ncols=True))
+        bars[0].total = total
+        bars[0].update(done - bars[0].n)
 
-    try:
-        counts = convert_coco_object(args.root, args.out, args.splits, args.workers, args.expected_count, progress)
-    except COCOObjectError as err:
-        bar.close()
-        print(f"convert_coco_object: error: {err}", file=sys.stderr)
-        return 2
-    bar.close()
-    print(f"converted {counts['converted']}, already done {counts['skipped']}, total {counts['total']}")
-    return 0
+    def work() -> None:
+        try:
+            counts = convert_coco_object(args.root, args.out, args.splits, args.workers, args.expected_count,
+                                         progress)
+        finally:  # before any error line: the bar's last redraw must not end up after it
+            for bar in bars:
+                bar.close()
+        print(f"converted {counts['converted']}, already done {counts['skipped']}, total {counts['total']}")
+
+    return run_stage(PROG, work)
 
 
 if __name__ == "__main__":

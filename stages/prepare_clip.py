@@ -15,31 +15,35 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from stages.common import StageParser  # noqa: E402
+from stages.common import StageParser, run_stage  # noqa: E402
+
+PROG = "prepare_clip"
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = StageParser("prepare_clip", __doc__)
+    parser = StageParser(PROG, __doc__)
     parser.add_params_arguments(steps_key="prepare_clip.steps")
     parser.add_argument("--out", type=Path, default=Path("models/clip"), help="output folder (models/clip)")
     args = parser.parse_args(argv)
+    return run_stage(PROG, lambda: prepare_clip(parser.load_params(args), args.out))
 
+
+def prepare_clip(params, out: Path) -> int:
+    """The stage's work: load or train the CLIP, write it; raises ``TCLError``."""
     import torch
 
     from pipelines.parent_run import stage_run
-    from tcl.atomic import write_json_atomic
+    from tcl.atomic import output_errors, write_json_atomic
     from tcl.checkpoint import save_clip
-    from tcl.config import ConfigError
-    from tcl.data.stream import StreamError, TrainingStream, build_loader
-    from tcl.model import WeightsError, create_clip
+    from tcl.data.stream import TrainingStream, build_loader
+    from tcl.model import create_clip
     from tcl.train.clip_pretraining import pretrain_clip
 
-    tracker = None
-    try:
-        params = parser.load_params(args)
-        check_inputs(params, args.out)  # before the output folder or an MLflow run exists
-        args.out.mkdir(parents=True, exist_ok=True)
-        tracker = stage_run("prepare_clip")  # a child of the pipeline's MLflow run under make run / the flow
+    check_inputs(params, out)  # before the output folder or an MLflow run exists
+    with output_errors(out):
+        out.mkdir(parents=True, exist_ok=True)
+    # a child of the pipeline's MLflow run under make run / the flow; marked FAILED by any error
+    with stage_run(PROG) as tracker:
         tracker.log_params({"clip": params.clip, "prepare_clip": params.prepare_clip, "data": params.data})
         if params.clip.weights is not None:
             print(f"loading CLIP {params.clip.model} weights from {params.clip.weights} ...", flush=True)
@@ -60,17 +64,12 @@ def main(argv: list[str] | None = None) -> int:
                 tracker.log_metrics({f"clip/{k}": v for k, v in record.items() if k not in ("step", "eta_s")},
                                     step=record["step"])
 
-            metrics = {"source": "trained from scratch", **pretrain_clip(clip, batches, params.prepare_clip, log)}
-        save_clip(args.out, clip, params.clip.model)
-        write_json_atomic(args.out / "metrics.json", metrics)
+            trained = pretrain_clip(clip, batches, params.prepare_clip, log)
+            metrics = {"source": "trained from scratch", **trained}
+        save_clip(out, clip, params.clip.model)
+        write_json_atomic(out / "metrics.json", metrics)
         tracker.log_dict(metrics, "clip/metrics.json")
-        tracker.finish()
-    except (ConfigError, StreamError, WeightsError, FloatingPointError, OSError) as err:
-        if tracker is not None:
-            tracker.finish("FAILED")
-        print(f"prepare_clip: error: {err}", file=sys.stderr)
-        return 2
-    print(f"wrote {args.out / 'clip.pt'}")
+    print(f"wrote {out / 'clip.pt'}")
     return 0
 
 

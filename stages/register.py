@@ -13,39 +13,15 @@ it moved, model URI) atomically.
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from stages.common import StageParser  # noqa: E402
+from stages.common import StageParser, run_stage  # noqa: E402
 
 PROG = "register"
 MEAN_TAG = "mean_miou"
-
-
-
-def _mean_miou(report_file: Path) -> float | None:
-    try:
-        return json.loads(report_file.read_text())["mean"]["miou"]
-    except (OSError, ValueError, KeyError, TypeError) as err:
-        raise ValueError(f"{report_file}: no mean mIoU ({err}); run the report stage first") from None
-
-
-def _holder_score(client, name: str, alias: str) -> float | None:
-    """Mean mIoU of the version holding ``alias`` (None: no such alias or no score recorded)."""
-    from mlflow.exceptions import MlflowException
-
-    try:
-        version = client.get_model_version_by_alias(name, alias)
-    except MlflowException:
-        return None
-    value = (version.tags or {}).get(MEAN_TAG)
-    try:
-        return float(value) if value not in (None, "") else None
-    except ValueError:
-        return None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -56,47 +32,42 @@ def main(argv: list[str] | None = None) -> int:
                         help="the report stage's JSON, for the mean mIoU (metrics/report/report.json)")
     parser.add_argument("--out", type=Path, default=Path("metrics/registered.json"), help="(metrics/registered.json)")
     args = parser.parse_args(argv)
+    return run_stage(PROG, lambda: register(args))
 
+
+def register(args) -> int:
+    """The register stage's work; raises ``TCLError`` (``RegistryError``: exit 1, see ``run_stage``)."""
     from tcl.atomic import write_json_atomic
     from tcl.config import ConfigError, load_params
+    from tcl.eval.report import read_mean_miou
 
-    try:
-        params = load_params(args.params).pipeline
-        if not args.checkpoint.is_file():
-            raise ConfigError(f"checkpoint {args.checkpoint} not found: run the train stage first")
-        score = _mean_miou(args.report)
-    except (ConfigError, ValueError) as err:
-        print(f"{PROG}: error: {err}", file=sys.stderr)
-        return 2
+    params = load_params(args.params).pipeline
+    if not args.checkpoint.is_file():
+        raise ConfigError(f"checkpoint {args.checkpoint} not found: run the train stage first")
+    score = read_mean_miou(args.report)
 
     from tcl.serving import log_segmentation_model
-    from tcl.tracking import RunTracker
+    from tcl.tracking import RegistryError, RunTracker, alias_holder_score, registry_errors
     from tcl.tracking.transport import make_client
 
     name, alias = params.register_name, params.register_alias
     with RunTracker.start("register", stage="register", tags={"registered_model": name}) as tracker:
         if not tracker.enabled:
-            print(f"{PROG}: error: MLflow is not reachable ({tracker.tracking_uri}): nothing registered; "
-                  "rerun this stage (dvc repro register) when it is", file=sys.stderr)
-            return 1
+            raise RegistryError(f"MLflow is not reachable ({tracker.tracking_uri}): nothing registered; "
+                                "rerun this stage (dvc repro register) when it is")
         tracker.log_metrics({MEAN_TAG: score} if score is not None else {})
         tracker.flush()
-        try:
+        with registry_errors(f"registering {args.checkpoint} as {name!r}"):  # the tracker marks its run FAILED
             logged = log_segmentation_model(args.checkpoint, run_id=tracker.run_id, registered_name=name, alias=None,
                                             tracking_uri=tracker.tracking_uri)
             client = make_client(tracker.tracking_uri)
             version = logged["version"]
             if score is not None:
                 client.set_model_version_tag(name, version, MEAN_TAG, str(score))
-            held = _holder_score(client, name, alias)
+            held = alias_holder_score(client, name, alias, MEAN_TAG)
             moved = held is None or score is None or score >= held
             if moved:
                 client.set_registered_model_alias(name, alias, version)
-        except Exception as err:  # noqa: BLE001 - any MLflow failure is this stage's one-line error
-            print(f"{PROG}: error: registering {args.checkpoint} as {name!r} failed "
-                  f"({type(err).__name__}: {' '.join(str(err).split())[:300]})", file=sys.stderr)
-            tracker.finish("FAILED")
-            return 1
         record = {"name": name, "version": str(version), "alias": alias, "alias_moved": moved,
                   "alias_holder_mean_miou": held, "mean_miou": score, "run_id": tracker.run_id,
                   "model_uri": f"models:/{name}/{version}", "checkpoint": str(args.checkpoint)}

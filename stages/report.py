@@ -14,10 +14,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from stages.common import StageParser  # noqa: E402
+from stages.common import StageParser, run_stage  # noqa: E402
 
 PROG = "report"
-
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -28,20 +27,18 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     from tcl.atomic import write_json_atomic, write_text_atomic
-    from tcl.eval.report import ReportError, build_report, collect_baselines, collect_results, render_markdown
+    from tcl.eval.report import build_report, collect_baselines, collect_results, render_markdown
 
-    try:
+    def work() -> None:
         baselines = collect_baselines(args.baselines) if args.baselines else None
         report = build_report(collect_results(args.inputs), baselines)
         markdown = render_markdown(report)
         write_json_atomic(args.out / "report.json", report)
         write_text_atomic(args.out / "report.md", markdown)
-    except (ReportError, OSError) as err:
-        print(f"{PROG}: error: {err}", file=sys.stderr)
-        return 2
-    print(markdown, end="")
-    print(f"wrote {args.out / 'report.md'} and {args.out / 'report.json'}")
-    return 0
+        print(markdown, end="")
+        print(f"wrote {args.out / 'report.md'} and {args.out / 'report.json'}")
+
+    return run_stage(PROG, work)
 
 
 if __name__ == "__main__":

@@ -20,12 +20,10 @@ from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from stages.common import StageParser  # noqa: E402
-from tcl.data.synthetic import SyntheticError, SyntheticParams, generate_synthetic, measure_throughput  # noqa: E402
-from tcl.errors import TCLError  # noqa: E402
+from stages.common import StageParser, run_stage  # noqa: E402
+from tcl.data.synthetic import SyntheticParams, generate_synthetic, measure_throughput  # noqa: E402
 
 PROG = "synthetic"
-
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -54,19 +52,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--measure", type=int, metavar="N", default=None,
                         help="only measure corpus generation throughput on N pairs in a temporary folder")
     args = parser.parse_args(argv)
-    if args.params is not None:
-        from dataclasses import asdict
 
-        from tcl.config import ConfigError, load_params
+    def work() -> int:
+        nonlocal args
+        if args.params is not None:
+            from dataclasses import asdict
 
-        try:
+            from tcl.config import load_params
+
             parser.set_defaults(**asdict(load_params(args.params).synthetic))
-        except ConfigError as err:
-            print(f"{PROG}: error: {err}", file=sys.stderr)
-            return 2
-        args = parser.parse_args(argv)
-
-    try:
+            args = parser.parse_args(argv)
         if args.measure is not None:
             result = measure_throughput(args.measure, args.image_size, args.workers, args.seed)
             print(f"{result['pairs']} pairs of {args.image_size} px in {result['seconds']:.1f} s: "
@@ -78,9 +73,18 @@ def main(argv: list[str] | None = None) -> int:
                                  eval_image_size=args.eval_image_size, val_images=args.val_images,
                                  train_images=args.train_images, max_objects=args.max_objects,
                                  min_object_frac=args.min_object_frac, jpeg_quality=args.jpeg_quality)
-    except TCLError as err:  # SyntheticError, or the ConfigError of SyntheticParams checking itself
-        print(f"{PROG}: error: {err}", file=sys.stderr)
-        return 2
+        generate(args.out, params, args.workers)
+        return 0
+
+    def left_as_it_was() -> str:
+        return f"{args.out} left as it was" if args.out is not None else ""
+
+    return run_stage(PROG, work, after_interrupt=left_as_it_was)
+
+
+def generate(out: Path, params: SyntheticParams, workers: int) -> None:
+    """Generate (or find up to date) the world in ``out``, with a progress bar, and say what was done."""
+    from tcl.atomic import output_errors
 
     bars: list[tqdm] = []  # created on the first report: checks that fail early print no empty bar
 
@@ -90,23 +94,18 @@ def main(argv: list[str] | None = None) -> int:
         bars[0].update(done - bars[0].n)
 
     try:
-        result = generate_synthetic(args.out, params, args.workers, progress)
-    except (SyntheticError, OSError) as err:
-        print(f"{PROG}: error: {err}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print(f"{PROG}: interrupted: {args.out} left as it was", file=sys.stderr)
-        return 130
+        # the generator writes its files itself: a full disk or a folder it may not write is one line too
+        with output_errors(out):
+            result = generate_synthetic(out, params, workers, progress)
     finally:
         for bar in bars:
             bar.close()
     if result["skipped"]:
-        print(f"{args.out} is up to date (same parameters): nothing to do")
+        print(f"{out} is up to date (same parameters): nothing to do")
     else:
         counts = result["manifest"]["counts"]
         print(f"wrote {counts['corpus_pairs']} pairs, {params.val_images} val + {params.train_images} train images "
-              f"per benchmark to {args.out} in {result['seconds']:.1f} s ({result['pairs_per_s']:.0f} pairs/s overall)")
-    return 0
+              f"per benchmark to {out} in {result['seconds']:.1f} s ({result['pairs_per_s']:.0f} pairs/s overall)")
 
 
 if __name__ == "__main__":

@@ -6,7 +6,10 @@ here: an interrupted command leaves either the previous file or none, never a tr
 A write that fails for lack of room (disk full, quota, the file-size limit) raises
 :class:`DiskFullError`, one line naming the problem and the target file, and removes its temporary
 file; a process killed mid-write (SIGKILL, power loss) can leave one ``.<name>.<random>.tmp``
-behind, which :func:`remove_stale_temporaries` deletes when the writer starts again.
+behind, which :func:`remove_stale_temporaries` deletes when the writer starts again. Any other
+failure to write (a file where a folder should be, no permission) raises :class:`OutputError`, the
+OS's own one line; :func:`output_errors` does the same for writers that do not go through here.
+Both are :class:`tcl.errors.TCLError`, so an entry point reports them in one line.
 """
 
 from __future__ import annotations
@@ -23,7 +26,8 @@ from typing import Any
 
 from .errors import TCLError
 
-__all__ = ["DiskFullError", "atomic_path", "remove_stale_temporaries", "write_text_atomic", "write_json_atomic"]
+__all__ = ["DiskFullError", "OutputError", "output_errors", "atomic_path", "remove_stale_temporaries",
+           "write_text_atomic", "write_json_atomic"]
 
 #: errno → (what went wrong, what to do), for the failures that mean "no room for this file".
 _NO_ROOM = {
@@ -52,23 +56,54 @@ class DiskFullError(TCLError, OSError):
         return err if isinstance(err, cls) or err.errno not in _NO_ROOM else cls(err.errno, filename)
 
 
+class OutputError(TCLError, OSError):
+    """An output that cannot be written for another reason than room (no permission, a file in the way).
+
+    ``str()`` is the OS error's own line (``[Errno 13] Permission denied: 'metrics/report'``), and
+    ``errno``/``strerror``/``filename`` are kept, so ``except OSError`` callers see what they saw before.
+    """
+
+    @classmethod
+    def convert(cls, err: OSError, filename: str | os.PathLike) -> OSError:
+        """``err`` as a :class:`DiskFullError` for ``filename`` when it means no room, as an
+        :class:`OutputError` otherwise; a :class:`TCLError` already is one and is returned unchanged."""
+        if isinstance(err, TCLError):
+            return err
+        if err.errno in _NO_ROOM:
+            return DiskFullError(err.errno, filename)
+        if err.errno is None:
+            return cls(*err.args)
+        return cls(err.errno, err.strerror, *([err.filename] if err.filename is not None else []))
+
+
+@contextmanager
+def output_errors(target: str | os.PathLike) -> Iterator[None]:
+    """Turn an ``OSError`` raised inside into :class:`DiskFullError` (named after ``target``, the file
+    or output folder being written) or :class:`OutputError`, for writers that write files themselves."""
+    try:
+        yield
+    except OSError as err:
+        converted = OutputError.convert(err, target)
+        if converted is err:
+            raise
+        raise converted from err
+
+
 @contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path in the target's folder; on success it replaces ``path``, on error it is removed."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    try:
+    with output_errors(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
         handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    except OSError as err:
-        raise DiskFullError.convert(err, path) from err
     os.close(handle)
     try:
-        yield Path(tmp)
-        # mkstemp creates owner-only files; give the result the permissions a plain open() would.
-        os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp, path)
-    except OSError as err:  # the writer's own errors too: a full disk is named after the target, not the temporary
-        raise DiskFullError.convert(err, path) from err
+        # the writer's own errors too: a full disk is named after the target, not the temporary
+        with output_errors(path):
+            yield Path(tmp)
+            # mkstemp creates owner-only files; give the result the permissions a plain open() would.
+            os.chmod(tmp, 0o666 & ~_umask())
+            os.replace(tmp, path)
     finally:
         Path(tmp).unlink(missing_ok=True)
 

@@ -73,11 +73,17 @@ def save_checkpoint(path: str | os.PathLike, *, model: TCL, step: int, params: d
         "metrics": metrics or {},
         "extra": extra or {},
     }
-    path = Path(path)
+    return _save_atomic(payload, Path(path))
+
+
+def _save_atomic(payload: Any, path: Path) -> Path:
+    """``torch.save(payload)`` to ``path`` atomically; a full disk is a ``DiskFullError`` naming ``path``."""
     with atomic_path(path) as tmp, open(tmp, "wb") as handle:
         # torch.save given a path writes in C++ and reports a full disk as a bare RuntimeError
         # ("... inline_container.cc ... unexpected pos"); through a Python file object the write's own
         # OSError (ENOSPC, EFBIG, ...) is kept and re-raised, and atomic_path names it after ``path``.
+        # (Given a path, torch also names the archive's records after the file: the random temporary
+        # name made every clip.pt differ; through a file object they are always "archive/".)
         writer = _ErrorKeepingWriter(handle)
         try:
             torch.save(payload, writer)
@@ -222,8 +228,7 @@ def load_model(path: str | os.PathLike, clip_weights: str | os.PathLike | None =
 def save_clip(directory: str | os.PathLike, clip: nn.Module, model: str | dict) -> Path:
     """Write ``clip.pt`` (an open_clip state dict) and ``clip.json`` (the config) atomically."""
     directory = Path(directory)
-    with atomic_path(directory / CLIP_WEIGHTS) as tmp:
-        torch.save({k: v.detach().cpu() for k, v in clip.state_dict().items()}, tmp)
+    _save_atomic({k: v.detach().cpu() for k, v in clip.state_dict().items()}, directory / CLIP_WEIGHTS)
     write_json_atomic(directory / CLIP_CONFIG, {"model": model})
     return directory
 

@@ -15,7 +15,7 @@ from pathlib import Path
 from ..errors import TCLError
 from .benchmarks import BENCHMARKS
 
-__all__ = ["ReportError", "collect_results", "collect_baselines", "build_report", "render_markdown"]
+__all__ = ["ReportError", "collect_results", "collect_baselines", "build_report", "render_markdown", "read_mean_miou"]
 
 
 class ReportError(TCLError, ValueError):
@@ -114,3 +114,13 @@ def render_markdown(report: dict) -> str:
     if len(models) == 1:
         notes.append(f"Model: `{next(iter(models))}`.")
     return "\n".join(lines + notes) + "\n"
+
+
+def read_mean_miou(report_file: str | os.PathLike) -> float | None:
+    """The mean mIoU of a report :func:`build_report` made and the report stage wrote as JSON
+    (``None`` when no reporting benchmark was evaluated); raises ``ReportError`` for a missing or
+    foreign file."""
+    try:
+        return json.loads(Path(report_file).read_text())["mean"]["miou"]
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise ReportError(f"{report_file}: no mean mIoU ({err}); run the report stage first") from None

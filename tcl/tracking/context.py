@@ -20,7 +20,7 @@ __all__ = ["find_project_root", "default_tracking_uri", "resolve_tracking_uri", 
 
 #: Environment variable through which a pipeline hands its parent run id to stage processes.
 PARENT_RUN_ENV = "TCL_MLFLOW_PARENT_RUN_ID"
-#: Prefect flow-run id exported by our flows to the stage processes they launch.
+#: Prefect flow-run id exported by our flows to the stage processes they launch (and set in the flow's own process).
 PREFECT_FLOW_RUN_ENV = "TCL_PREFECT_FLOW_RUN_ID"
 #: Stage name exported by our flows (``dvc repro`` sets ``DVC_STAGE`` itself).
 STAGE_ENV = "TCL_STAGE"
@@ -89,24 +89,15 @@ def _git_tags(root: Path) -> dict[str, str]:
 
 
 def _prefect_flow_run_id() -> str | None:
-    explicit = os.environ.get(PREFECT_FLOW_RUN_ENV) or os.environ.get("PREFECT__FLOW_RUN_ID")
-    if explicit:
-        return explicit
-    if "prefect" not in sys.modules:  # never pay for importing Prefect just to learn we are not in a flow
-        return None
-    try:
-        from prefect.runtime import flow_run
-
-        run_id = flow_run.id  # from the flow-run context or env, no API call
-    except Exception:  # any Prefect failure just means "no flow run"
-        return None
-    return str(run_id) if run_id else None
+    # From the environment only: the library never imports Prefect. Our flow exports its run id to the
+    # stage processes (and passes it to its own parent run); a Prefect worker sets PREFECT__FLOW_RUN_ID.
+    return os.environ.get(PREFECT_FLOW_RUN_ENV) or os.environ.get("PREFECT__FLOW_RUN_ID") or None
 
 
 def run_tags(stage: str | None = None, root: str | os.PathLike | None = None) -> dict[str, str]:
     """Tags describing where a run comes from: git commit/dirty/branch, the stage (``stage``, else env
     ``TCL_STAGE``, else DVC's ``DVC_STAGE``), DVC stage/experiment (``dvc.*``) and the Prefect flow-run
-    id (env ``TCL_PREFECT_FLOW_RUN_ID``, or Prefect's runtime when inside a flow). Missing pieces
+    id (env ``TCL_PREFECT_FLOW_RUN_ID``, else ``PREFECT__FLOW_RUN_ID``). Missing pieces
     (no git, not under DVC or Prefect) are simply left out.
     """
     tags = _git_tags(find_project_root(root))

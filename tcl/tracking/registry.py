@@ -3,18 +3,58 @@
 Works on the same store as the run (embedded SQLite or a server) through an explicit client, for the
 two ways a model can be logged in MLflow 3: as run artifacts (a folder with an ``MLmodel`` file, e.g.
 ``log_artifact(model_dir)``) or as a logged model (``mlflow.pyfunc.log_model`` returns
-``models:/<model_id>``).
+``models:/<model_id>``). A caller that must register (the register stage) wraps its calls in
+:func:`registry_errors`, which turns whatever MLflow raises into one :class:`RegistryError` line.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
+from ..errors import TCLError
 from .context import resolve_tracking_uri
 from .tracker import RunTracker
 from .transport import http_limits, make_client, probe, warn
 
-__all__ = ["register_model"]
+__all__ = ["RegistryError", "registry_errors", "alias_holder_score", "register_model"]
+
+
+class RegistryError(TCLError):
+    """Logging or registering a model failed (store unreachable, refused, in an unexpected state).
+
+    Not the user's input but the store: entry points exit with ``exit_status`` 1 (rerun when the
+    store is back) instead of 2.
+    """
+
+    exit_status = 1
+
+
+@contextmanager
+def registry_errors(what: str) -> Iterator[None]:
+    """Any exception inside as ``RegistryError("<what> failed (<type>: <message>)")``, one line of at
+    most 300 characters of the message: MLflow, its REST client and the model files raise many kinds."""
+    try:
+        yield
+    except Exception as err:  # noqa: BLE001 - whatever failed, registering failed; the cause is in the line
+        raise RegistryError(f"{what} failed ({type(err).__name__}: {' '.join(str(err).split())[:300]})") from err
+
+
+def alias_holder_score(client, name: str, alias: str, tag: str) -> float | None:
+    """The number in tag ``tag`` of the version of ``name`` that holds ``alias``; ``None`` when no
+    version holds it or the tag is missing or not a number."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        version = client.get_model_version_by_alias(name, alias)
+    except MlflowException:  # no such alias (or model) yet
+        return None
+    value = (version.tags or {}).get(tag)
+    try:
+        return float(value) if value not in (None, "") else None
+    except ValueError:
+        return None
 
 
 def _resolve_source(client, run_id: str | None, artifact_path: str) -> tuple[str, str | None, str | None]:

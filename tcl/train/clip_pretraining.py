@@ -15,10 +15,15 @@ from collections.abc import Callable, Iterator
 import torch
 from torch import nn
 
+from ..errors import TCLError
 from .config import ClipPretrainConfig  # re-exported: the prepare_clip section lives there
 from .optim import learning_rate_at, parameter_groups
 
-__all__ = ["ClipPretrainConfig", "pretrain_clip"]
+__all__ = ["ClipPretrainConfig", "PretrainingError", "pretrain_clip"]
+
+
+class PretrainingError(TCLError, FloatingPointError):
+    """The CLIP loss diverged (a non-finite value): the learning rate is too high for this setting."""
 
 
 def pretrain_clip(clip: nn.Module, batches: Iterator[dict], config: ClipPretrainConfig,
@@ -43,7 +48,7 @@ def pretrain_clip(clip: nn.Module, batches: Iterator[dict], config: ClipPretrain
         image_emb, text_emb, scale = clip(batch["image"], batch["text"])
         loss = loss_fn(image_emb, text_emb, scale)
         if not torch.isfinite(loss):
-            raise FloatingPointError(f"non-finite CLIP loss at step {step}: lower prepare_clip.lr")
+            raise PretrainingError(f"non-finite CLIP loss at step {step}: lower prepare_clip.lr")
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         nn.utils.clip_grad_norm_(clip.parameters(), config.grad_clip)

@@ -161,6 +161,21 @@ def test_missing_inputs_fail_the_flow_before_params_or_stages(scratch):
     assert (scratch / "params.yaml").read_text() == before and not (scratch / "world.txt").exists()
 
 
+def test_the_flow_command_line_ends_a_tcl_error_in_one_line_and_exit_2(scratch, monkeypatch, capsys):
+    """python -m pipelines.flow: bad parameters are one line before any flow run, an error inside the flow
+    run (an unknown --until) ends in one line after Prefect's log of it, both exit 2 (a failing stage: exit 1);
+    nothing ran."""
+    from pipelines import flow
+
+    monkeypatch.setattr(flow, "PROJECT_ROOT", scratch)
+    assert flow.main(["-S", "prepare_clip.steps=-4", "--no-tracking"]) == 2
+    assert capsys.readouterr().err.splitlines() == ["flow: error: prepare_clip.steps: must be >= 1, got -4"]
+    assert flow.main(["--until", "nowhere", "--no-tracking"]) == 2
+    assert capsys.readouterr().err.splitlines()[-1].startswith(
+        "flow: error: until='nowhere' is not a stage of dvc.yaml (stages: synthetic, download, train,")
+    assert not (scratch / "world.txt").exists() and not (scratch / "mlflow.db").exists()
+
+
 def test_a_flow_run_takes_the_workspace_lock_of_make_run(scratch):
     """While another pipeline run holds the checkout, the flow fails before writing params.yaml or running a stage."""
     import os
@@ -209,6 +224,17 @@ def test_serve_module_builds_a_cron_deployment(monkeypatch):
     assert serve.main(["--cron", "30 2 * * 1", "-S", "train.steps=10"]) == 0
     assert seen["name"] == "nightly" and seen["limit"] == 1
     assert seen["schedules"][0].cron == "30 2 * * 1" and seen["parameters"]["overrides"] == ["train.steps=10"]
+
+
+def test_serve_refuses_bad_overrides_in_one_line_before_serving(monkeypatch, capsys):
+    from pipelines import serve
+    from pipelines.flow import tcl_pipeline
+
+    served = []
+    monkeypatch.setattr(type(tcl_pipeline), "serve", lambda self, **kwargs: served.append(kwargs))
+    assert serve.main(["-S", "train.steps=0"]) == 2
+    assert capsys.readouterr().err.splitlines() == ["serve: error: train.steps: must be >= 1, got 0"]
+    assert served == []
 
 
 def test_prefect_yaml_deploys_the_flow_on_a_schedule(tmp_path):

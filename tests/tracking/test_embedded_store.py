@@ -170,3 +170,35 @@ def test_experiments_are_tagged_as_model_training(store):
     with RunTracker.start("train", experiment="kind-chosen"):
         pass
     assert store.get_experiment(chosen).tags[EXPERIMENT_KIND_TAG] == "genai_development"  # the user's choice stays
+
+
+def test_registry_failures_are_one_registry_error_and_the_alias_holder_score_is_read(store, tmp_path):
+    """What the register stage relies on: MLflow's own exceptions become one RegistryError line (exit status 1),
+    and the score tag of the version holding an alias is read back (None without alias, tag or number)."""
+    from mlflow.exceptions import MlflowException
+
+    from tcl.errors import TCLError
+    from tcl.tracking import RegistryError, alias_holder_score, registry_errors
+
+    with pytest.raises(RegistryError) as caught, registry_errors("registering best.pt as 'tcl-none'"):
+        store.get_registered_model("tcl-none")  # a real MlflowException (RESOURCE_DOES_NOT_EXIST)
+    assert isinstance(caught.value, TCLError) and caught.value.exit_status == 1
+    assert isinstance(caught.value.__cause__, MlflowException)
+    line = str(caught.value)
+    assert line.startswith("registering best.pt as 'tcl-none' failed (MlflowException: ") and "\n" not in line
+    assert len(line) <= len("registering best.pt as 'tcl-none' failed (MlflowException: )") + 300
+
+    assert alias_holder_score(store, "tcl-none", "champion", "mean_miou") is None  # no such model
+    model_dir = tmp_path / "m"
+    model_dir.mkdir()
+    (model_dir / "MLmodel").write_text("artifact_path: m\nflavors: {}\n")
+    with RunTracker.start("scored") as run:
+        run.log_artifact(model_dir)
+        version = register_model(run, "m", "tcl-scored", alias=None)
+    assert alias_holder_score(store, "tcl-scored", "champion", "mean_miou") is None  # no alias yet
+    store.set_registered_model_alias("tcl-scored", "champion", version)
+    assert alias_holder_score(store, "tcl-scored", "champion", "mean_miou") is None  # no tag
+    store.set_model_version_tag("tcl-scored", version, "mean_miou", "not a number")
+    assert alias_holder_score(store, "tcl-scored", "champion", "mean_miou") is None
+    store.set_model_version_tag("tcl-scored", version, "mean_miou", "41.5")
+    assert alias_holder_score(store, "tcl-scored", "champion", "mean_miou") == 41.5

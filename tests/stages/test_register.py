@@ -1,0 +1,58 @@
+"""stages/register.py on a real embedded MLflow store: a new version per run, the alias kept by the better score,
+and a store that cannot be reached is one line and exit 1 (rerun later), not a traceback."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from stages.register import main
+from tests.inference.conftest import write_tiny_checkpoint
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture()
+def inputs(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # nothing may land in the checkout
+    for name in ("TCL_MLFLOW_PARENT_RUN_ID", "MLFLOW_EXPERIMENT_NAME", "DVC_ROOT"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    checkpoint = write_tiny_checkpoint(tmp_path / "models")
+    return tmp_path, checkpoint
+
+
+def _register(tmp_path: Path, checkpoint: Path, score: float) -> list[str]:
+    report = tmp_path / "report.json"
+    report.write_text(json.dumps({"mean": {"miou": score}}))
+    return ["--params", str(ROOT / "params.yaml"), "--checkpoint", str(checkpoint), "--report", str(report),
+            "--out", str(tmp_path / "registered.json")]
+
+
+def test_register_moves_the_alias_only_to_a_better_version(inputs, capsys):
+    from mlflow.tracking import MlflowClient
+
+    tmp_path, checkpoint = inputs
+    assert main(_register(tmp_path, checkpoint, 40.0)) == 0
+    first = json.loads((tmp_path / "registered.json").read_text())
+    assert first["version"] == "1" and first["alias_moved"] and first["alias_holder_mean_miou"] is None
+    assert main(_register(tmp_path, checkpoint, 30.0)) == 0
+    second = json.loads((tmp_path / "registered.json").read_text())
+    assert second["version"] == "2" and not second["alias_moved"] and second["alias_holder_mean_miou"] == 40.0
+    assert capsys.readouterr().out.splitlines()[-1].endswith(
+        f"version 2 (mean mIoU 30.0); alias {first['alias']!r} stays (its version scored 40.0)")
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    assert str(client.get_model_version_by_alias(first["name"], first["alias"]).version) == "1"
+
+
+def test_an_unreachable_store_is_one_line_and_exit_1(inputs, capsys, monkeypatch):
+    tmp_path, checkpoint = inputs
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")  # nothing listens there
+    with pytest.warns(UserWarning, match="unreachable"):
+        assert main(_register(tmp_path, checkpoint, 40.0)) == 1
+    assert capsys.readouterr().err.splitlines() == [
+        "register: error: MLflow is not reachable (http://127.0.0.1:9): nothing registered; rerun this stage "
+        "(dvc repro register) when it is"]
+    assert not (tmp_path / "registered.json").exists()

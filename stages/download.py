@@ -100,10 +100,8 @@ def _located(url_list: Path, serve_root: Path | None) -> dict:
     """DownloadSource's ``root``/``list``/``serve`` for a list given on the command line, served from ``serve_root``."""
     if serve_root is None:
         return {"root": str(url_list.parent), "list": url_list.name, "serve": False}
-    try:
-        inside = url_list.relative_to(serve_root)
-    except ValueError:  # a list outside the served folder: an absolute path stays as it is under root
-        inside = url_list.absolute()
+    # a list outside the served folder: an absolute path stays as it is under root
+    inside = url_list.relative_to(serve_root) if url_list.is_relative_to(serve_root) else url_list.absolute()
     return {"root": str(serve_root), "list": str(inside), "serve": True}
 
 
@@ -165,11 +163,7 @@ def main(argv: list[str] | None = None) -> int:
 
         source = build_source(args)
         _check_inputs(source, args)  # before img2dataset starts (and creates the output folder)
-        try:
-            stats = download_shards(source, stats_path=args.stats, overwrite=args.overwrite)
-        except KeyboardInterrupt:
-            print(f"{PROG}: interrupted; run the same command again to resume", file=sys.stderr)
-            return 130
+        stats = download_shards(source, stats_path=args.stats, overwrite=args.overwrite)
         from pipelines.parent_run import stage_run
 
         with stage_run("download") as tracker:  # a child of the pipeline's MLflow run under make run / the flow
@@ -182,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
               f"{stats['samples_attempted_now']} samples, {stats['throughput_samples_per_s']:.1f} samples/s")
         return 0
 
-    return run_stage(PROG, work)
+    return run_stage(PROG, work, after_interrupt=lambda: "run the same command again to resume")
 
 
 if __name__ == "__main__":  # required: img2dataset starts its workers with the spawn method

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from PIL import Image
 
 from pipelines import plots
 from tests.pipelines.conftest import REPO, git, init_repo
@@ -63,9 +64,12 @@ def plots_repo(tmp_path_factory) -> Path:
     root = init_repo(tmp_path_factory.mktemp("plots") / "project")
     definitions = yaml.safe_load((REPO / "dvc.yaml").read_text())["plots"]
     assert [next(iter(d)) for d in definitions] == list(CHARTS), "dvc.yaml's plots changed: update CHARTS"
-    (root / "dvc.yaml").write_text(yaml.safe_dump({"plots": definitions}, sort_keys=False))
+    # plus an overlay folder, as the evaluate@ stages declare them: images go to the page's static/
+    (root / "dvc.yaml").write_text(yaml.safe_dump({"plots": [*definitions, "metrics/overlays/voc"]}, sort_keys=False))
     (root / ".gitignore").write_text("/dvc_plots/\n/default_page/\n")
     write_metrics(root)
+    (root / "metrics" / "overlays" / "voc").mkdir(parents=True)
+    Image.new("RGB", (12, 4), (200, 30, 30)).save(root / "metrics" / "overlays" / "voc" / "0.png")
     git(root, "add", "-A")
     git(root, "commit", "-qm", "metrics")
     return root
@@ -129,6 +133,8 @@ def test_the_four_charts_are_drawn_with_no_network(plots_repo, tmp_path):
     bars = "".join(charts.text[div_id("mIoU per benchmark")])
     assert all(name in bars for name in BENCHMARKS), bars  # the report's rows, one bar each
     assert "avg_miou" in "".join(charts.text[div_id("validation mIoU")])
+    images = re.findall(r'<img src="(static/[^"]+\.png)"', page)  # the overlay panel, moved with the page
+    assert images and all((index.parent / image).is_file() for image in images), images
 
 
 @needs_chromium

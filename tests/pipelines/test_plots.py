@@ -76,30 +76,33 @@ def plots_repo(tmp_path_factory) -> Path:
 
 
 class _Charts(html.parser.HTMLParser):
-    """Per chart div (by id): the classes of the elements inside it and its text."""
+    """Per chart div (by id): the classes of the elements inside it and its text (what is drawn, not the
+    ``<script>`` with the spec, which holds the data's labels whether or not anything was drawn)."""
+
+    _VOID = {"br", "img", "input", "meta", "link", "hr", "area", "base", "col", "embed", "source", "wbr"}
 
     def __init__(self, ids: set[str]) -> None:
         super().__init__()
         self.ids, self.classes, self.text = ids, {i: [] for i in ids}, {i: [] for i in ids}
-        self._stack: list[str | None] = []  # the chart each open element belongs to
+        self._stack: list[tuple[str, str | None]] = []  # open elements: (tag, the chart it belongs to)
 
     def handle_starttag(self, tag: str, attrs: list) -> None:
         attrs = dict(attrs)
-        current = self._stack[-1] if self._stack else None
+        current = self._stack[-1][1] if self._stack else None
         if tag == "div" and attrs.get("id") in self.ids:
             current = attrs["id"]
         if current is not None:
             self.classes[current].append(f"{tag}.{attrs.get('class') or ''}")
-        if tag not in {"br", "img", "input", "meta", "link", "hr"}:
-            self._stack.append(current)
+        if tag not in self._VOID:
+            self._stack.append((tag, current))
 
     def handle_endtag(self, tag: str) -> None:
         if self._stack:
             self._stack.pop()
 
     def handle_data(self, data: str) -> None:
-        if self._stack and self._stack[-1] is not None:
-            self.text[self._stack[-1]].append(data)
+        if self._stack and self._stack[-1][1] is not None and self._stack[-1][0] not in {"script", "style"}:
+            self.text[self._stack[-1][1]].append(data)
 
 
 def load_offline(page: Path, profile: Path) -> _Charts:

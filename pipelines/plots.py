@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -98,9 +99,13 @@ def write_page(dvc_args: Sequence[str], out: str | os.PathLike, *, root: str | o
                 detail = next((line.removeprefix("ERROR:").strip() for line in reversed(err.tail)
                                if line.startswith("ERROR")), f"exit {err.returncode}")
                 raise PlotsError(f"dvc plots {' '.join(dvc_args)} failed: {detail}") from None
-            if not (new / "index.html").is_file():
-                raise PlotsError(f"dvc plots {' '.join(dvc_args)} wrote no page: is there anything to plot "
-                                 "(run the pipeline first: make run)?")
+            written = (new / "index.html").read_text(encoding="utf8") if (new / "index.html").is_file() else ""
+            # When none of the plot files exist (a fresh clone) DVC exits 0 with a page of empty specs
+            # (`var spec = {};`). The body holds DVC's plot divs alone: the bundle in the head has its own <img>.
+            body = written.rpartition("<body>")[2]
+            if "<img" not in body and not re.search(r"var spec = (?!\{\};)", body):
+                raise PlotsError(f"dvc plots {' '.join(dvc_args)} found nothing to plot (none of dvc.yaml's plot "
+                                 "files exist yet): run the pipeline first (make run)")
             old = work / "previous"
             if out.exists():
                 os.replace(out, old)

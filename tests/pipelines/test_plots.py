@@ -194,6 +194,16 @@ def test_cli_refuses_an_out_that_is_not_a_plots_folder(plots_repo):
     assert "plots:" in (plots_repo / "dvc.yaml").read_text()
 
 
+def test_cli_says_there_is_nothing_to_plot_before_the_pipeline_ran(tmp_path):
+    root = init_repo(tmp_path / "fresh")
+    (root / "dvc.yaml").write_text(yaml.safe_dump({"plots": yaml.safe_load((REPO / "dvc.yaml").read_text())["plots"]}))
+    done = run_cli("--root", str(root))
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == ["error: dvc plots show found nothing to plot (none of dvc.yaml's "
+                                                "plot files exist yet): run the pipeline first (make run)"]
+    assert not (root / "dvc_plots").exists()
+
+
 def test_help_names_show_and_diff():
     done = run_cli("--help")
     assert done.returncode == 0

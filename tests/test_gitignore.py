@@ -8,9 +8,12 @@ did under the blanket ``/models/``). Cached outputs (models, data) must stay out
 
 from __future__ import annotations
 
+import json
+import os
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -62,3 +65,41 @@ def test_every_cached_dvc_output_is_hidden_from_git():
 
 def test_the_plots_page_and_its_temporary_are_hidden_from_git():
     assert ignored("dvc_plots/index.html") and ignored(".dvc_plots.ab12cd34.tmp/page/index.html")
+
+
+@pytest.mark.slow  # ~20 s: a real `dvc exp run` and `dvc exp show`
+def test_an_experiment_carries_the_clip_metrics(tmp_path):
+    """The symptom itself: with the project's .gitignore, `dvc exp show` has the CLIP's metrics of the
+    baseline commit and of an experiment (under the old `/models/` both read `!`), and the experiment's
+    commit holds models/clip/metrics.json but not the cached weights."""
+    from tests.pipelines.conftest import git, init_repo
+
+    root = init_repo(tmp_path / "project")
+    shutil.copy(ROOT / ".gitignore", root / ".gitignore")
+    (root / "make_clip.py").write_text(
+        "import json, pathlib, yaml\n"
+        "steps = yaml.safe_load(open('params.yaml'))['steps']\n"
+        "pathlib.Path('models/clip').mkdir(parents=True, exist_ok=True)\n"
+        "pathlib.Path('models/clip/metrics.json').write_text(json.dumps({'loss': 1.0 / steps}))\n"
+        "pathlib.Path('models/clip/clip.pt').write_text(str(steps))\n")
+    stage = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]["prepare_clip"]
+    (root / "dvc.yaml").write_text(yaml.safe_dump({"stages": {"prepare_clip": {
+        "cmd": f"{sys.executable} make_clip.py", "deps": ["make_clip.py"], "params": ["steps"],
+        "outs": ["models/clip/clip.pt"], "metrics": stage["metrics"]}}}))  # the project's metrics entry
+    (root / "params.yaml").write_text("steps: 1\n")
+    dvc = [sys.executable, "-m", "dvc"]
+    env = {**os.environ, "DVC_NO_ANALYTICS": "1"}
+    subprocess.run([*dvc, "repro", "-q"], cwd=root, env=env, check=True, capture_output=True, timeout=300)
+    git(root, "add", "-A")
+    git(root, "commit", "-qm", "baseline")
+    subprocess.run([*dvc, "exp", "run", "-q", "-n", "e1", "-S", "steps=4"], cwd=root, env=env, check=True,
+                   capture_output=True, timeout=300)
+    shown = json.loads(subprocess.run([*dvc, "exp", "show", "--json"], cwd=root, env=env, check=True,
+                                      capture_output=True, text=True, timeout=300).stdout)
+    baseline = next(row for row in shown if row["rev"] != "workspace")
+    experiment = baseline["experiments"][0]["revs"][0]
+    metrics = [row["data"]["metrics"].get("models/clip/metrics.json", {}).get("data")
+               for row in (baseline, experiment)]
+    assert metrics == [{"loss": 1.0}, {"loss": 0.25}]
+    committed = git(root, "ls-tree", "-r", "--name-only", experiment["rev"]).split()
+    assert "models/clip/metrics.json" in committed and "models/clip/clip.pt" not in committed

@@ -7,7 +7,7 @@ export OMP_WAIT_POLICY ?= PASSIVE
 # Prefect's temporary local server (make flow, the tests) needs ~20 s to start on 2 busy cores.
 export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS ?= 120
 
-.PHONY: run flow mlflow-ui test test-all lint venv clean-venv
+.PHONY: run flow mlflow-ui plots test test-all lint venv clean-venv
 
 venv: $(STAMP)
 
@@ -34,6 +34,11 @@ flow: $(STAMP)
 # The MLflow UI on the embedded store: http://127.0.0.1:5000
 mlflow-ui: $(STAMP)
 	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db --host 127.0.0.1 --port 5000
+
+# DVC's plots page with vega inside it (draws with no network): dvc_plots/index.html, like `dvc plots show`.
+# Experiments side by side, like `dvc plots diff`: make plots ARGS="diff $(dvc exp ls --names-only)".
+plots: $(STAMP)
+	$(PY) -m pipelines.plots $(ARGS)
 
 test: $(STAMP)
 	$(PY) -m pytest -q -m "not slow"

@@ -130,7 +130,7 @@ def render_table(rows: Sequence[ExpRow]) -> str:
     numeric = set(range(2 + len(params), len(header)))
     lines = ["  ".join(text.rjust(widths[i]) if i in numeric else text.ljust(widths[i])
                        for i, text in enumerate(line)).rstrip() for line in table]
-    notes = ["", f"mIoU ×100 of the trained model ({REPORT}); mean over the reported benchmarks."]
+    notes = ["", f"mIoU ×100 ({REPORT}), mean over the reported benchmarks."]
     if strip:
         notes.append(f"Benchmarks named without their '{_PREFIX}' prefix.")
     if not params:

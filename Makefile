@@ -7,7 +7,7 @@ export OMP_WAIT_POLICY ?= PASSIVE
 # Prefect's temporary local server (make flow, the tests) needs ~20 s to start on 2 busy cores.
 export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS ?= 120
 
-.PHONY: run flow mlflow-ui plots test test-all lint venv clean-venv
+.PHONY: run flow exp-show mlflow-ui plots test test-all lint venv clean-venv
 
 venv: $(STAMP)
 
@@ -30,6 +30,11 @@ run: $(STAMP)
 # The same pipeline as a Prefect flow run (a temporary local Prefect server unless PREFECT_API_URL is set).
 flow: $(STAMP)
 	$(PY) -m pipelines.flow $(ARGS)
+
+# DVC experiments compactly: name, the parameters that differ, mIoU per benchmark and mean (dvc exp show is
+# 87+ columns). Extra arguments go to dvc exp show: make exp-show ARGS="--all-commits".
+exp-show: $(STAMP)
+	$(PY) -m pipelines.experiments $(ARGS)
 
 # The MLflow UI on the embedded store: http://127.0.0.1:5000
 mlflow-ui: $(STAMP)

@@ -99,7 +99,6 @@ def test_overrides_are_written_as_dvc_exp_run_would_and_keep_the_file_valid(para
     params = write_overrides(params_file, changes)
     assert load_params(params_file) == params != before
     assert params.download.sources["web"].list == tricky and params.prepare_clip.lr == 2e-05
-    assert "# Parameters of the pipeline" in params_file.read_text()  # DVC's writer keeps the comments
     with pytest.raises(ConfigError, match="prepare_clip.steps: must be >= 1"):
         write_overrides(params_file, [("prepare_clip.steps", 0)])
     assert load_params(params_file) == params  # a rejected override leaves the file alone

@@ -15,7 +15,7 @@ REPO = Path(__file__).resolve().parents[2]
 def test_a_diverging_pretraining_is_one_line_and_writes_no_clip(tmp_path, monkeypatch, capsys):
     monkeypatch.delenv("TCL_MLFLOW_PARENT_RUN_ID", raising=False)  # no MLflow run (stage_run is disabled)
     write_shards(tmp_path / "shards", "s", shards=1, per_shard=8)
-    params = (REPO / "params.yaml").read_text().replace('"data/synthetic/shards"', f'"{tmp_path / "shards"}"')
+    params = (REPO / "params.yaml").read_text().replace("- data/synthetic/shards", f"- {tmp_path / 'shards'}")
     (tmp_path / "params.yaml").write_text(params)
     status = main(["--params", str(tmp_path / "params.yaml"), "--out", str(tmp_path / "clip"), "--steps", "4",
                    "-S", "data.batch_size=4", "-S", "data.num_workers=0", "-S", "prepare_clip.lr=1e30",

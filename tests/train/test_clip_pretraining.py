@@ -42,7 +42,7 @@ def test_saved_clip_reloads_identically(tiny_clip_config, tmp_path):
 
 def test_stage_trains_and_reports(tmp_path):
     write_shards(tmp_path / "shards", "s", shards=2, per_shard=8)
-    params = (REPO / "params.yaml").read_text().replace('"data/synthetic/shards"', f'"{tmp_path / "shards"}"')
+    params = (REPO / "params.yaml").read_text().replace("- data/synthetic/shards", f"- {tmp_path / 'shards'}")
     params = params.replace("batch_size: 64", "batch_size: 4").replace("num_workers: 2", "num_workers: 0")
     (tmp_path / "params.yaml").write_text(params)
     script = str(REPO / "stages" / "prepare_clip.py")

@@ -12,6 +12,8 @@ from stages.register import main
 from tests.inference.conftest import write_tiny_checkpoint
 
 ROOT = Path(__file__).resolve().parents[2]
+# What the bg_thresh stage writes (stages/evaluate.py --sweep-bg-thresh): 0.55 was the best of the sweep.
+BG_RECORD = {"benchmark": "t_synthetic_voc", "candidates": {"0.4": 20.0, "0.55": 30.0}, "best": 0.55}
 
 
 @pytest.fixture()
@@ -27,8 +29,10 @@ def inputs(tmp_path, monkeypatch):
 def _register(tmp_path: Path, checkpoint: Path, score: float) -> list[str]:
     report = tmp_path / "report.json"
     report.write_text(json.dumps({"mean": {"miou": score}}))
+    bg_thresh = tmp_path / "bg_thresh.json"
+    bg_thresh.write_text(json.dumps(BG_RECORD))
     return ["--params", str(ROOT / "params.yaml"), "--checkpoint", str(checkpoint), "--report", str(report),
-            "--out", str(tmp_path / "registered.json")]
+            "--bg-thresh", str(bg_thresh), "--out", str(tmp_path / "registered.json")]
 
 
 def test_register_moves_the_alias_only_to_a_better_version(inputs, capsys):

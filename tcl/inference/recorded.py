@@ -121,4 +121,4 @@ def describe_settings(settings: InferenceSettings, sliding: bool) -> str:
 
 
 #: The defaults as a record, for the "which settings" line when nothing was recorded.
-DEFAULTS = RecordedSettings(DEFAULT_SETTINGS, False, "the defaults (the paper's official setting)")
+DEFAULTS = RecordedSettings(DEFAULT_SETTINGS, False, "the defaults, the paper's official setting")

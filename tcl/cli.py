@@ -133,8 +133,9 @@ def _changes(args) -> dict:
 def _options(args, base=None):
     """``base`` (default: the shared defaults) with the user's flags applied; invalid values raise ConfigError."""
     from .inference import PredictOptions
+    from .inference.recorded import default_settings
 
-    return (base or PredictOptions()).replace(**_changes(args))
+    return (base or PredictOptions(default_settings().settings)).replace(**_changes(args))
 
 
 def _settings_line(what: str, options, source: str, args) -> str:
@@ -181,7 +182,7 @@ def _checkpoint_options(args):
     and the line saying which; ``TCLError`` when there is no checkpoint to use."""
     from .errors import TCLError
     from .inference import PredictOptions
-    from .inference.recorded import DEFAULTS, recorded_for_checkpoint
+    from .inference.recorded import default_settings, recorded_for_checkpoint
 
     checkpoint, what = args.checkpoint, f"checkpoint {args.checkpoint}"
     if checkpoint is None:
@@ -190,7 +191,7 @@ def _checkpoint_options(args):
                            "tcl.pth) or --model models:/tcl@champion (a registered model)")
         checkpoint, what = DEFAULT_CHECKPOINT, f"checkpoint {DEFAULT_CHECKPOINT} (the project's, the default)"
     recorded, why = recorded_for_checkpoint(checkpoint) if checkpoint.is_file() else (None, "")
-    base = DEFAULTS if recorded is None else recorded
+    base = default_settings() if recorded is None else recorded
     options = _options(args, PredictOptions(base.settings, sliding=base.sliding))  # invalid: fail before loading
     source = base.source + (f"; {why}" if why else "")
     return checkpoint, options, _settings_line(what, options, source, args)

@@ -162,6 +162,7 @@ def test_predict_uses_the_settings_recorded_for_the_project_checkpoint(tmp_path,
 
     page = page_html(_load_predictor(build_parser().parse_args(["serve-demo"])))
     assert 'id="bg_thresh" value="0.55"' in page and 'id="sliding" checked' in page
+    assert "settings: template simple, bg_thresh 0.55" in capsys.readouterr().out
 
     # The workspace model replaced (as a dvc exp run does): not what was registered, so no recorded settings.
     write_tiny_checkpoint(tmp_path / "other", ie_freeze=1).replace(project / "models/tcl/best.pt")

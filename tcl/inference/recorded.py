@@ -23,10 +23,10 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError
-from .settings import DEFAULT_SETTINGS, InferenceSettings
+from .settings import InferenceSettings
 
 __all__ = ["RecordedSettings", "settings_record", "settings_from_record", "file_md5", "recorded_for_checkpoint",
-           "describe_settings", "REGISTERED_RECORD", "DEFAULTS"]
+           "describe_settings", "default_settings", "REGISTERED_RECORD"]
 
 #: Where the register stage writes its record, relative to the project root (dvc.yaml).
 REGISTERED_RECORD = Path("metrics/registered.json")
@@ -120,5 +120,9 @@ def describe_settings(settings: InferenceSettings, sliding: bool) -> str:
             f"kp_w {settings.kp_w:g}, short side {settings.short_side} (long <= {settings.long_side}), {windows}")
 
 
-#: The defaults as a record, for the "which settings" line when nothing was recorded.
-DEFAULTS = RecordedSettings(DEFAULT_SETTINGS, False, "the defaults, the paper's official setting")
+def default_settings() -> RecordedSettings:
+    """The shared defaults as a record (whole image), for a model nothing was recorded for. Read at
+    call time, so the one definition in :mod:`tcl.inference.settings` is what applies."""
+    from . import settings
+
+    return RecordedSettings(settings.DEFAULT_SETTINGS, False, "the defaults, the paper's official setting")

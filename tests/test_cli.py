@@ -175,3 +175,20 @@ def test_predict_uses_the_settings_recorded_for_the_project_checkpoint(tmp_path,
                  "--out", str(tmp_path / "registered")]) == 0
     assert "model models:/tcl@champion; settings: template simple, bg_thresh 0.55" in capsys.readouterr().out
     assert fractions("registered") == fractions("recorded")
+
+
+def test_no_model_or_an_unknown_registered_model_is_one_line(tmp_path, monkeypatch, capsys):
+    """Outside a project with no model named, and with a registered model that does not exist: one line, exit 2."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    scene().save(tmp_path / "ok.png")
+    assert main(["predict", "ok.png", "--phrases", "cat"]) == 2
+    assert capsys.readouterr().err.strip() == (
+        "tcl: error: no model given and no models/tcl/best.pt here: pass --checkpoint FILE (ours or tcl.pth) or "
+        "--model models:/tcl@champion (a registered model)")
+    assert main(["predict", "ok.png", "--phrases", "cat", "--model", "models:/tcl@champion"]) == 2
+    printed = capsys.readouterr().err
+    assert "Traceback" not in printed
+    err = printed.strip().splitlines()[-1]  # (after MLflow's own log lines, creating the store)
+    assert err.startswith(f"tcl: error: cannot load --model models:/tcl@champion from sqlite:///{tmp_path}/mlflow.db: ")
+    assert err.endswith("(list the registered models in the MLflow UI, `make mlflow-ui`)")

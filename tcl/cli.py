@@ -17,6 +17,9 @@ from pathlib import Path
 
 __all__ = ["main", "build_parser"]
 
+#: The pipeline's final checkpoint, relative to the project root (dvc.yaml's train stage).
+DEFAULT_CHECKPOINT = Path("models/tcl/best.pt")
+
 
 def _phrase_list(text: str) -> list[str]:
     from .inference import InputError, parse_phrases
@@ -28,38 +31,46 @@ def _phrase_list(text: str) -> list[str]:
 
 
 def _add_inference_options(parser: argparse.ArgumentParser) -> None:
-    """The flags of :class:`tcl.inference.PredictOptions`, their defaults those of the shared
-    :data:`~tcl.inference.settings.DEFAULT_SETTINGS` (torch-free: ``--help`` stays quick)."""
+    """The flags of :class:`tcl.inference.PredictOptions`. Each defaults to ``None`` ("not given"):
+    the settings the model was evaluated with where they are recorded (:mod:`tcl.inference.recorded`),
+    else the shared :data:`~tcl.inference.settings.DEFAULT_SETTINGS`, apply to every flag not given
+    (torch-free: ``--help`` stays quick)."""
     from .inference.inputs import DEFAULT_MAX_PIXELS
     from .inference.settings import DEFAULT_SETTINGS as default
     from .inference.settings import PRESETS
 
-    parser.add_argument("--short-side", type=int, default=default.short_side,
-                        help=f"resize so the short side is this ({default.short_side})")
-    parser.add_argument("--sliding", action="store_true",
-                        help=f"score {default.crop}-px windows with stride {default.stride} as the benchmarks do "
-                             "(default: whole image)")
-    parser.add_argument("--crop", type=int, default=default.crop, help=f"sliding-window size ({default.crop})")
-    parser.add_argument("--stride", type=int, default=default.stride, help=f"sliding-window stride ({default.stride})")
-    parser.add_argument("--no-pamr", dest="pamr", action="store_false", default=default.pamr,
-                        help="skip PAMR refinement")
-    parser.add_argument("--kp-w", type=float, default=default.kp_w,
-                        help=f"weight of the MaskCLIP KP branch ({default.kp_w})")
-    parser.add_argument("--bg-thresh", type=float, default=default.bg_thresh,
-                        help=f"background wins where every phrase scores below this ({default.bg_thresh}; "
-                             f"{PRESETS['no_pamr'].bg_thresh} without PAMR)")
-    parser.add_argument("--no-background", dest="bg_thresh", action="store_const", const=None,
+    recorded = "the model's recorded settings, else"
+    parser.add_argument("--short-side", type=int, help=f"resize so the short side is this ({recorded} "
+                                                        f"{default.short_side})")
+    parser.add_argument("--long-side", type=int, help=f"unless the long side would exceed this ({recorded} "
+                                                      f"{default.long_side})")
+    parser.add_argument("--sliding", action=argparse.BooleanOptionalAction, default=None,
+                        help=f"score --crop windows every --stride px as the benchmarks do ({recorded} "
+                             "one whole-image pass)")
+    parser.add_argument("--crop", type=int, help=f"sliding-window size ({recorded} {default.crop})")
+    parser.add_argument("--stride", type=int, help=f"sliding-window stride ({recorded} {default.stride})")
+    parser.add_argument("--pamr", action=argparse.BooleanOptionalAction, default=None,
+                        help=f"refine the masks with PAMR ({recorded} {'on' if default.pamr else 'off'})")
+    parser.add_argument("--kp-w", type=float, help=f"weight of the MaskCLIP KP branch ({recorded} {default.kp_w})")
+    parser.add_argument("--bg-thresh", type=float,
+                        help=f"background wins where every phrase scores below this ({recorded} "
+                             f"{default.bg_thresh}; the paper uses {PRESETS['no_pamr'].bg_thresh} without PAMR)")
+    parser.add_argument("--no-background", dest="background", action="store_false", default=None,
                         help="predict only the given phrases")
-    parser.add_argument("--template", default=default.template,
-                        help=f"prompt-template set ({default.template}, simple, ...)")
+    parser.add_argument("--template", help=f"prompt-template set ({recorded} {default.template}; simple, ...)")
     parser.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS,
                         help=f"refuse larger images (width x height; {DEFAULT_MAX_PIXELS})")
     parser.add_argument("--device", default="cpu", help="torch device (cpu)")
 
 
 def _add_model_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--checkpoint", required=True, type=Path,
-                        help="our training checkpoint (models/tcl/best.pt) or the official tcl.pth")
+    which = parser.add_mutually_exclusive_group()
+    which.add_argument("--checkpoint", type=Path,
+                       help=f"our training checkpoint or the official tcl.pth (default: the project's "
+                            f"{DEFAULT_CHECKPOINT}, with the settings the register stage recorded for it)")
+    which.add_argument("--model", metavar="URI",
+                       help="a registered MLflow model, e.g. models:/tcl@champion (store: MLFLOW_TRACKING_URI, "
+                            "else ./mlflow.db), run with the settings it was logged with")
     parser.add_argument("--clip-weights", default=None,
                         help="CLIP weights: required for tcl.pth (ViT-B-16.pt, or 'openai' to download); "
                              "overrides the file a training checkpoint names")
@@ -109,21 +120,93 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _options(args):
-    from .inference import PredictOptions
+def _changes(args) -> dict:
+    """The inference options the user gave (flat :class:`~tcl.inference.PredictOptions` names)."""
+    changes = {name: getattr(args, name) for name in ("short_side", "long_side", "sliding", "crop", "stride",
+                                                      "pamr", "kp_w", "bg_thresh", "template")
+               if getattr(args, name) is not None}
+    if args.background is False:
+        changes["bg_thresh"] = None
+    return {**changes, "max_pixels": args.max_pixels}
 
-    return PredictOptions(short_side=args.short_side, pamr=args.pamr, kp_w=args.kp_w, bg_thresh=args.bg_thresh,
-                             template=args.template, sliding=args.sliding, crop=args.crop, stride=args.stride,
-                             max_pixels=args.max_pixels)
+
+def _options(args, base=None):
+    """``base`` (default: the shared defaults) with the user's flags applied; invalid values raise ConfigError."""
+    from .inference import PredictOptions
+    from .inference.recorded import default_settings
+
+    return (base or PredictOptions(default_settings().settings)).replace(**_changes(args))
+
+
+def _settings_line(what: str, options, source: str, args) -> str:
+    from .inference.recorded import describe_settings
+
+    given = sorted(set(_changes(args)) - {"max_pixels"})
+    overridden = f"; overridden: {', '.join(given)}" if given else ""
+    return f"{what}; settings: {describe_settings(options.settings, options.sliding)} (from {source}{overridden})"
+
+
+def _registered_predictor(args):
+    """The predictor of the registered model ``args.model`` with the user's flags applied."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    from .errors import TCLError
+    from .tracking import resolve_tracking_uri
+
+    uri = resolve_tracking_uri()
+    if args.clip_weights is not None:
+        raise TCLError("--clip-weights does not apply to --model (the registered model stores its CLIP)")
+    print(f"loading {args.model} from {uri} ...", flush=True)
+    start = time.perf_counter()
+    mlflow.set_tracking_uri(uri)
+    try:
+        loaded = mlflow.pyfunc.load_model(args.model, model_config={"device": args.device})
+    except (MlflowException, OSError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise TCLError(f"cannot load --model {args.model} from {uri}: {first} (list the registered models in the "
+                       "MLflow UI, `make mlflow-ui`)") from None
+    predictor = getattr(loaded.unwrap_python_model(), "predictor", None)
+    if predictor is None:
+        raise TCLError(f"--model {args.model} is not a TCL segmentation model (tcl.serving.log_segmentation_model)")
+    recorded = predictor.options
+    predictor.options = _options(args, recorded)
+    print(_settings_line(f"model {args.model}", predictor.options, "the registered model's config", args),
+          flush=True)
+    print(f"model ready in {time.perf_counter() - start:.1f} s", flush=True)
+    return predictor
+
+
+def _checkpoint_options(args):
+    """The checkpoint to use, its options (recorded ones, else the defaults, with the user's flags)
+    and the line saying which; ``TCLError`` when there is no checkpoint to use."""
+    from .errors import TCLError
+    from .inference import PredictOptions
+    from .inference.recorded import default_settings, recorded_for_checkpoint
+
+    checkpoint, what = args.checkpoint, f"checkpoint {args.checkpoint}"
+    if checkpoint is None:
+        if not DEFAULT_CHECKPOINT.is_file():
+            raise TCLError(f"no model given and no {DEFAULT_CHECKPOINT} here: pass --checkpoint FILE (ours or "
+                           "tcl.pth) or --model models:/tcl@champion (a registered model)")
+        checkpoint, what = DEFAULT_CHECKPOINT, f"checkpoint {DEFAULT_CHECKPOINT} (the project's, the default)"
+    recorded, why = recorded_for_checkpoint(checkpoint) if checkpoint.is_file() else (None, "")
+    base = default_settings() if recorded is None else recorded
+    options = _options(args, PredictOptions(base.settings, sliding=base.sliding))  # invalid: fail before loading
+    source = base.source + (f"; {why}" if why else "")
+    return checkpoint, options, _settings_line(what, options, source, args)
 
 
 def _load_predictor(args):
     from .inference import Predictor, load_inference_model
 
-    options = _options(args)  # invalid options fail before the model loads
-    print(f"loading {args.checkpoint} ...", flush=True)
+    if args.model is not None:
+        return _registered_predictor(args)
+    checkpoint, options, line = _checkpoint_options(args)
+    print(line, flush=True)
+    print(f"loading {checkpoint} ...", flush=True)
     start = time.perf_counter()
-    model = load_inference_model(args.checkpoint, clip_weights=args.clip_weights, device=args.device)
+    model = load_inference_model(checkpoint, clip_weights=args.clip_weights, device=args.device)
     print(f"model ready in {time.perf_counter() - start:.1f} s", flush=True)
     return Predictor(model, options)
 

@@ -1,7 +1,10 @@
 from __future__ import annotations
 
 import json
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +15,9 @@ from PIL import Image
 from tcl.cli import main
 from tcl.data.url_lists import serve_directory
 from tests.inference.conftest import scene, write_tiny_checkpoint
+from tests.serving.conftest import registered_project
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -111,3 +117,78 @@ def test_empty_phrase_list_is_a_usage_error(capsys):
         main(["predict", "x.png", "--phrases", " , ", "--checkpoint", "x.pth"])
     assert exit_info.value.code == 2
     assert "no phrases given" in capsys.readouterr().err
+
+
+@pytest.mark.slow  # ~40 s on a loaded 2-core machine: a registration, a subprocess, five model loads
+def test_predict_uses_the_settings_recorded_for_the_project_checkpoint(tmp_path, monkeypatch, capsys):
+    """In a project the pipeline has registered, `tcl predict` with no model named uses models/tcl/best.pt
+    with the settings the register stage recorded for it (bg_thresh 0.55 of the bg_thresh stage, the synthetic
+    geometry, simple templates, sliding windows) and says so; flags override them; a checkpoint that changed
+    since it was registered gets the defaults, and a line saying why; --model runs the registered model."""
+    project = tmp_path / "project"
+    monkeypatch.delenv("TCL_MLFLOW_PARENT_RUN_ID", raising=False)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{project / 'mlflow.db'}")
+    registered_project(project)
+    scene(128, 128, seed=1).save(tmp_path / "photo.png")
+    phrases = ["--phrases", "red disc, blue square"]
+
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_WAIT_POLICY": "PASSIVE"}
+    done = subprocess.run([sys.executable, "-m", "tcl.cli", "predict", str(tmp_path / "photo.png"), *phrases,
+                           "--out", str(tmp_path / "recorded")], cwd=project, env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    line = done.stdout.splitlines()[0]
+    assert line.startswith("checkpoint models/tcl/best.pt (the project's, the default); settings: template simple, "
+                           "bg_thresh 0.55, PAMR, kp_w 0.3, short side 96 (long <= 439), sliding 96-px windows "
+                           "every 48 px (from ")
+    assert "metrics/registered.json (tcl version 1, as the pipeline evaluated it))" in line
+
+    def fractions(folder: str) -> dict:
+        return json.loads((tmp_path / folder / "photo_fractions.json").read_text())["fractions"]
+
+    monkeypatch.chdir(project)
+    explicit = ["--bg-thresh", "0.55", "--template", "simple", "--short-side", "96", "--long-side", "439",
+                "--sliding", "--crop", "96", "--stride", "48"]
+    assert main(["predict", str(tmp_path / "photo.png"), *phrases, *explicit, "--out", str(tmp_path / "explicit")]) == 0
+    assert fractions("recorded") == fractions("explicit")
+    assert main(["predict", str(tmp_path / "photo.png"), *phrases, "--bg-thresh", "0.4",
+                 "--out", str(tmp_path / "override")]) == 0
+    assert "overridden: bg_thresh)" in capsys.readouterr().out
+    assert fractions("override")["background"] < fractions("recorded")["background"]
+
+    # serve-demo loads its model the same way: its page starts from the recorded settings.
+    from tcl.cli import _load_predictor, build_parser
+    from tcl.serving.demo_app import page_html
+
+    page = page_html(_load_predictor(build_parser().parse_args(["serve-demo"])))
+    assert 'id="bg_thresh" value="0.55"' in page and 'id="sliding" checked' in page
+    assert "settings: template simple, bg_thresh 0.55" in capsys.readouterr().out
+
+    # The workspace model replaced (as a dvc exp run does): not what was registered, so no recorded settings.
+    write_tiny_checkpoint(tmp_path / "other", ie_freeze=1).replace(project / "models/tcl/best.pt")
+    assert main(["predict", str(tmp_path / "photo.png"), *phrases, "--out", str(tmp_path / "changed")]) == 0
+    line = capsys.readouterr().out.splitlines()[0]
+    assert "settings: template custom, bg_thresh 0.4" in line and "(from the defaults" in line
+    assert "it changed since (a dvc exp run?); --model models:/tcl@champion serves the registered one)" in line
+
+    assert main(["predict", str(tmp_path / "photo.png"), *phrases, "--model", "models:/tcl@champion",
+                 "--out", str(tmp_path / "registered")]) == 0
+    assert "model models:/tcl@champion; settings: template simple, bg_thresh 0.55" in capsys.readouterr().out
+    assert fractions("registered") == fractions("recorded")
+
+
+def test_no_model_or_an_unknown_registered_model_is_one_line(tmp_path, monkeypatch, capsys):
+    """Outside a project with no model named, and with a registered model that does not exist: one line, exit 2."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    scene().save(tmp_path / "ok.png")
+    assert main(["predict", "ok.png", "--phrases", "cat"]) == 2
+    assert capsys.readouterr().err.strip() == (
+        "tcl: error: no model given and no models/tcl/best.pt here: pass --checkpoint FILE (ours or tcl.pth) or "
+        "--model models:/tcl@champion (a registered model)")
+    assert main(["predict", "ok.png", "--phrases", "cat", "--model", "models:/tcl@champion"]) == 2
+    printed = capsys.readouterr().err
+    assert "Traceback" not in printed
+    err = printed.strip().splitlines()[-1]  # (after MLflow's own log lines, creating the store)
+    assert err.startswith(f"tcl: error: cannot load --model models:/tcl@champion from sqlite:///{tmp_path}/mlflow.db: ")
+    assert err.endswith("(list the registered models in the MLflow UI, `make mlflow-ui`)")

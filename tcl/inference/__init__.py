@@ -23,6 +23,11 @@ _WHERE = {
     "overlay_image": "predictor",
     "label_image": "predictor",
     "write_outputs": "predictor",
+    "RecordedSettings": "recorded",
+    "recorded_for_checkpoint": "recorded",
+    "settings_record": "recorded",
+    "settings_from_record": "recorded",
+    "describe_settings": "recorded",
 }
 __all__ = list(_WHERE)
 __getattr__ = lazy_exports(__name__, _WHERE)

@@ -8,6 +8,12 @@ strings). Per-request ``params`` (declared in the signature, so ``mlflow models 
 with ``classes`` (background first when predicted), ``labels`` (the label map, indices into
 ``classes``), ``fractions``, ``height``, ``width`` and ``seconds``.
 
+Inference settings: the ``options`` the model is logged with (the register stage passes the ones the
+pipeline evaluated it with: template, background threshold, window geometry, sliding windows) are
+its config and its request parameters' defaults, and are also stored as the artifact
+``inference_settings.json`` (:func:`tcl.inference.recorded.settings_record`, with the caller's
+``settings_origin``), so a client or a person can read what the served model runs with.
+
 Artifacts: the checkpoint and, where the model needs one, the CLIP weights file. The ``tcl`` package
 is stored with the model (``code_paths``), so the logged model serves the code it was logged with.
 The pixel limit is part of the model config, not a request parameter: clients cannot raise it.
@@ -225,17 +231,24 @@ class TCLSegmentationModel(mlflow.pyfunc.PythonModel):
 
 def save_segmentation_model(path: str | os.PathLike, checkpoint: str | os.PathLike, *,
                             clip_weights: str | os.PathLike | None = None, options: PredictOptions | None = None,
-                            max_bytes: int = DEFAULT_MAX_BYTES, input_example: bool = True) -> Path:
+                            max_bytes: int = DEFAULT_MAX_BYTES, input_example: bool = True,
+                            settings_origin: dict[str, Any] | None = None) -> Path:
     """Write the segmentation pyfunc to the new folder ``path`` (an MLflow model: ``MLmodel``, the
     checkpoint and CLIP weights as artifacts, the ``tcl`` code, pinned requirements).
 
     ``checkpoint``: our training checkpoint or the official ``tcl.pth``. ``clip_weights``: by default
     the file our checkpoint names; required for ``tcl.pth`` ("openai" is not stored: it is downloaded
-    when the model loads). The model is loaded once first, so a checkpoint that does not fit raises
-    ``CheckpointError`` here rather than when serving.
+    when the model loads). ``options``: what the model runs with unless a request says otherwise
+    (default: the shared defaults); ``settings_origin``: JSON-able keys added to the
+    ``inference_settings.json`` artifact (where the settings came from). The model is loaded once
+    first, so a checkpoint that does not fit raises ``CheckpointError`` here rather than when serving.
     """
+    import tempfile
+
+    from ..atomic import write_json_atomic
     from ..checkpoint import CheckpointError, read_checkpoint
     from ..inference import load_inference_model
+    from ..inference.recorded import settings_record
 
     checkpoint, options = Path(checkpoint), options or PredictOptions()
     if clip_weights is None:
@@ -254,11 +267,15 @@ def save_segmentation_model(path: str | os.PathLike, checkpoint: str | os.PathLi
     example = None
     if input_example:
         example = pd.DataFrame({"image": [encode_image(np.full((32, 32, 3), 127, np.uint8))], "phrases": ["cat, dog"]})
-    mlflow.pyfunc.save_model(str(path), python_model=str(Path(__file__).with_name("pyfunc_entry.py")),
-                             artifacts=artifacts, model_config=config,
-                             signature=segmentation_signature(options), input_example=example,
-                             code_paths=[str(Path(__file__).resolve().parents[1])],  # the tcl package
-                             pip_requirements=_requirements())
+    with tempfile.TemporaryDirectory(prefix="tcl-settings-") as tmp:  # save_model copies the artifacts
+        record = Path(tmp) / "inference_settings.json"
+        write_json_atomic(record, settings_record(options.settings, options.sliding, **(settings_origin or {})))
+        artifacts["inference_settings"] = str(record)
+        mlflow.pyfunc.save_model(str(path), python_model=str(Path(__file__).with_name("pyfunc_entry.py")),
+                                 artifacts=artifacts, model_config=config,
+                                 signature=segmentation_signature(options), input_example=example,
+                                 code_paths=[str(Path(__file__).resolve().parents[1])],  # the tcl package
+                                 pip_requirements=_requirements())
     return Path(path)
 
 
@@ -266,7 +283,8 @@ def log_segmentation_model(checkpoint: str | os.PathLike, *, clip_weights: str |
                            options: PredictOptions | None = None, run_id: str | None = None,
                            registered_name: str | None = None, alias: str | None = None,
                            artifact_path: str = "model", tracking_uri: str | None = None,
-                           experiment: str = "tcl", max_bytes: int = DEFAULT_MAX_BYTES) -> dict[str, str | None]:
+                           experiment: str = "tcl", max_bytes: int = DEFAULT_MAX_BYTES,
+                           settings_origin: dict[str, Any] | None = None) -> dict[str, str | None]:
     """Log the segmentation pyfunc (:func:`save_segmentation_model`) as ``artifact_path`` of run
     ``run_id`` (or of a new run ``segmentation-model`` in ``experiment``), optionally register it as a
     new version of ``registered_name`` and point ``alias`` at it.
@@ -285,7 +303,7 @@ def log_segmentation_model(checkpoint: str | os.PathLike, *, clip_weights: str |
     uri = resolve_tracking_uri(tracking_uri)
     with tempfile.TemporaryDirectory(prefix="tcl-pyfunc-") as tmp:
         model_dir = save_segmentation_model(Path(tmp) / artifact_path, checkpoint, clip_weights=clip_weights,
-                                            options=options, max_bytes=max_bytes)
+                                            options=options, max_bytes=max_bytes, settings_origin=settings_origin)
         client = make_client(uri)  # only now: a bad checkpoint leaves no store or run behind
         created = run_id is None
         if created:

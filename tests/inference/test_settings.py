@@ -92,8 +92,10 @@ def test_cli_flags_and_help_follow_the_settings_object(monkeypatch, capsys):
     with pytest.raises(SystemExit):
         parser.parse_args(["predict", "--help"])
     help_text = " ".join(capsys.readouterr().out.split())
-    for fragment in ("short side is this (320)", "score 320-px windows with stride 160", "KP branch (0.5)",
-                     "below this (0.25; 0.5 without PAMR)", "prompt-template set (simple,"):
+    for fragment in ("short side is this (the model's recorded settings, else 320)", "window size (the model's "
+                     "recorded settings, else 320)", "window stride (the model's recorded settings, else 160)",
+                     "KP branch (the model's recorded settings, else 0.5)", "recorded settings, else 0.25; the paper "
+                     "uses 0.5 without PAMR)", "prompt-template set (the model's recorded settings, else simple;"):
         assert fragment in help_text
 
 

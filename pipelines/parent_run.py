@@ -19,10 +19,14 @@ from typing import Any
 
 import yaml
 
-__all__ = ["PipelineRun", "REPORT_JSON", "read_report", "benchmark_table", "stage_run"]
+__all__ = ["PipelineRun", "REPORT_JSON", "read_report", "benchmark_table", "report_metrics", "stage_run"]
 
 #: The report stage's machine-readable output (see ``stages/report.py``).
 REPORT_JSON = Path("metrics/report/report.json")
+# Report sections that are not metrics of their own: the table (logged row by row as ``<benchmark>.<column>``),
+# the list of benchmarks in the mean, and ``by_benchmark``, which repeats the rows' mIoUs keyed by benchmark
+# for `dvc metrics show`: logging it too would record every mIoU twice, under two names.
+_NOT_METRICS = ("rows", "benchmarks", "by_benchmark")
 
 
 def read_report(root: str | os.PathLike) -> dict | None:
@@ -55,6 +59,16 @@ def _numbers(data: Any, prefix: str = "") -> dict[str, float]:
     return out
 
 
+def report_metrics(report: Mapping[str, Any]) -> dict[str, float]:
+    """The report's numbers as metric keys, each value once: ``mean.miou``, ``mean.miou_<kind>``, ... and
+    ``<benchmark>.<column>`` for each cell of :func:`benchmark_table`."""
+    metrics = _numbers({k: v for k, v in report.items() if k not in _NOT_METRICS})
+    for row in benchmark_table(report):
+        name = row.get("benchmark")
+        metrics.update({f"{name}.{k}": v for k, v in _numbers(row).items()} if name else {})
+    return metrics
+
+
 def stage_run(name: str):
     """A :class:`~tcl.tracking.RunTracker` for a stage that has no run of its own otherwise (prepare_clip,
     download): a child of the pipeline's parent run when a pipeline launched the stage (``make run``,
@@ -71,6 +85,7 @@ class PipelineRun:
         self.tracker = tracker
         self.experiment = experiment
         self.flow_run_id = flow_run_id
+        self._logged: set[str] = set()  # metric keys already on the run: record() twice must not log them twice
 
     @classmethod
     def start(cls, root: str | os.PathLike, *, experiment: str, kind: str, overrides: list[str] | None = None,
@@ -127,11 +142,9 @@ class PipelineRun:
         report = read_report(root) if with_report else None
         metrics: dict[str, float] = {}
         if report is not None:
-            metrics = _numbers({k: v for k, v in report.items() if k not in ("rows", "benchmarks")})
-            for row in benchmark_table(report):
-                name = row.get("benchmark")
-                metrics.update({f"{name}.{k}": v for k, v in _numbers(row).items()} if name else {})
+            metrics = {k: v for k, v in report_metrics(report).items() if k not in self._logged}
             self.tracker.log_metrics(metrics)
+            self._logged.update(metrics)
             for path in sorted((root / REPORT_JSON.parent).iterdir()):
                 if path.is_file():
                     self.tracker.log_artifact(path, "report")

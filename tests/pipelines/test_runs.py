@@ -196,3 +196,34 @@ def test_stages_without_their_own_run_log_one_only_under_a_pipeline(tmp_path, mo
     got = MlflowClient(run.env()["MLFLOW_TRACKING_URI"]).get_run(child.run_id)
     assert got.data.tags["mlflow.parentRunId"] == run.run_id and got.data.tags["tcl.stage"] == "prepare_clip"
     assert got.data.metrics["clip/loss"] == 1.5
+
+
+def test_the_parent_run_logs_each_report_number_once(tmp_path, monkeypatch):
+    """The report repeats every benchmark's mIoU (its table rows, and ``by_benchmark`` for `dvc metrics show`):
+    the parent run gets each number under one key, one point per key, even when the outcome is recorded twice."""
+    from mlflow.tracking import MlflowClient
+
+    from tcl.eval.report import build_report
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv(PARENT_RUN_ENV, raising=False)
+    results = [{"benchmark": name, "miou": miou, "aacc": 70.0, "num_images": 3, "images_per_s": 1.5,
+                "settings": {"setting": "simple", "bg_thresh": 0.55}, "model": {"step": 9}}
+               for name, miou in (("synthetic_voc", 41.5), ("synthetic_coco_stuff", 20.25))]
+    baselines = {"step0": [{**results[0], "miou": 12.0}]}
+    report = build_report(results, baselines)
+    assert report["by_benchmark"]["synthetic_voc"]["miou"] == 41.5  # the report's own repetition
+    (tmp_path / "metrics/report").mkdir(parents=True)
+    (tmp_path / "metrics/report/report.json").write_text(json.dumps(report))
+    with PipelineRun.start(tmp_path, experiment="once", kind="dvc repro") as run:
+        first = run.record(tmp_path)
+        again = run.record(tmp_path)  # e.g. a flow that records once more after publishing
+    assert again == {}
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    logged = client.get_run(run.run_id).data.metrics
+    assert logged == first
+    assert sorted(logged) == ["mean.aacc", "mean.miou", "mean.miou_step0", "synthetic_coco_stuff.aacc",
+                              "synthetic_coco_stuff.miou",
+                              "synthetic_coco_stuff.num_images", "synthetic_voc.aacc",
+                              "synthetic_voc.miou", "synthetic_voc.miou_step0", "synthetic_voc.num_images"]
+    assert all(len(client.get_metric_history(run.run_id, key)) == 1 for key in logged)

@@ -26,7 +26,8 @@ from .context import RUN_LABEL_TAG, display_name
 from .values import MAX_PARAMS_TAGS_PER_BATCH, MAX_TAG_VALUE_LENGTH, clean_key
 
 __all__ = ["HTTP_LIMITS", "EXPERIMENT_KIND_TAG", "EXPERIMENT_KIND", "TrackingWarning", "warn", "is_remote",
-           "sqlite_path", "probe", "http_limits", "make_client", "ensure_experiment", "artifact_location", "open_run"]
+           "sqlite_path", "probe", "http_limits", "make_client", "ensure_experiment", "artifact_location", "open_run",
+           "ARTIFACT_FOLDER", "artifact_folder"]
 
 #: Limits applied to our own MLflow HTTP calls: two retries within ~3 s when the server refuses
 #: connections (instead of ~4 min), and 60 s per socket wait (a server may take that long to store a
@@ -39,6 +40,8 @@ HTTP_LIMITS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_BACK
 #: 3.x may open an experiment in GenAI mode ("0 traces") and hide the training runs behind a pop-up.
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 EXPERIMENT_KIND = "custom_model_development"
+#: The embedded store's artifact folder, beside ``mlflow.db``.
+ARTIFACT_FOLDER = "mlartifacts"
 
 
 class TrackingWarning(UserWarning):
@@ -134,19 +137,31 @@ def http_limits() -> Iterator[None]:
 
 
 def make_client(uri: str):
+    """An ``MlflowClient`` for ``uri`` (tracking and registry); an embedded store copied or moved with its
+    project first has its artifact locations pointed at its new folder (``relocate``)."""
     from mlflow.tracking import MlflowClient
+
+    from .relocate import follow_moved_store
+
+    follow_moved_store(uri)
 
     return MlflowClient(tracking_uri=uri, registry_uri=uri)
 
 
+def artifact_folder(store_folder: Path, experiment: str) -> Path:
+    """``<store_folder>/mlartifacts/<experiment>``, the experiment's name made a safe folder name."""
+    slug = re.sub(r"[^\w.-]+", "_", experiment).strip("._") or "default"
+    return store_folder / ARTIFACT_FOLDER / slug
+
+
 def artifact_location(uri: str, experiment: str) -> str | None:
     """For a SQLite store, ``<folder of the .db>/mlartifacts/<experiment>`` (so artifacts sit beside the
-    database instead of in the cwd's ``./mlruns``); ``None`` (the server's choice) otherwise."""
+    database instead of in the cwd's ``./mlruns``); ``None`` (the server's choice) otherwise. MLflow
+    stores it as an absolute location: a moved project is handled by ``relocate``."""
     db = sqlite_path(uri)
     if db is None:
         return None
-    slug = re.sub(r"[^\w.-]+", "_", experiment).strip("._") or "default"
-    return (db.resolve().parent / "mlartifacts" / slug).as_uri()
+    return artifact_folder(db.resolve().parent, experiment).as_uri()
 
 
 def ensure_experiment(client, uri: str, name: str) -> str:

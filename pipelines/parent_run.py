@@ -72,10 +72,11 @@ def report_metrics(report: Mapping[str, Any]) -> dict[str, float]:
 def stage_run(name: str):
     """A :class:`~tcl.tracking.RunTracker` for a stage that has no run of its own otherwise (prepare_clip,
     download): a child of the pipeline's parent run when a pipeline launched the stage (``make run``,
-    the flow), else disabled, so running the stage by hand or in a test never writes to a store."""
-    from tcl.tracking import PARENT_RUN_ENV, RunTracker
+    the flow) or of its experiment's when a ``dvc exp run`` did, else disabled, so running the stage by
+    hand or in a test never writes to a store."""
+    from tcl.tracking import PARENT_RUN_ENV, RunTracker, dvc_experiment
 
-    return RunTracker.start(name, stage=name, enabled=bool(os.environ.get(PARENT_RUN_ENV)))
+    return RunTracker.start(name, stage=name, enabled=bool(os.environ.get(PARENT_RUN_ENV) or dvc_experiment()))
 
 
 class PipelineRun:
@@ -94,18 +95,24 @@ class PipelineRun:
 
         The store is ``MLFLOW_TRACKING_URI``, else the embedded one of the project at ``root``. The run
         name tells executions apart (``exp_name``, the DVC experiment it runs, else the git commit, then
-        ``overrides``: ``pipeline · three-steps · steps=3``); the stages' runs take the same label.
+        ``overrides``: ``pipeline · three-steps · steps=3``); the stages' runs take the same label, and the
+        parent has the tags its stages get from DVC (``dvc.root``, ``dvc.exp_name``, ``dvc.exp_baseline_rev``)
+        and the git commit of ``root`` (not of the cwd).
         """
-        from tcl.tracking import RunTracker, default_tracking_uri
+        from tcl.tracking import KIND_TAG, OVERRIDES_TAG, PARENT_RUN_NAME, RunTracker, default_tracking_uri, run_tags
 
-        tags = {"pipeline.kind": kind, "pipeline.overrides": " ".join(overrides or []) or "(none)"}
+        root = Path(root).resolve()
+        tags = {KIND_TAG: kind, OVERRIDES_TAG: " ".join(overrides or []) or "(none)", "dvc.root": str(root)}
         if flow_run_id:
             tags["prefect.flow_run_id"] = flow_run_id
-        if exp_name:
-            tags["dvc.exp_name"] = exp_name  # what DVC gives the stages of `dvc exp run --name` as DVC_EXP_NAME
+        if exp_name:  # what DVC gives the stages of `dvc exp run --name` (DVC_EXP_NAME, DVC_EXP_BASELINE_REV: HEAD)
+            tags["dvc.exp_name"] = exp_name
+            commit = run_tags(root=root).get("git.commit") if enabled else None
+            if commit:
+                tags["dvc.exp_baseline_rev"] = commit
         uri = os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri(root)
-        tracker = RunTracker.start("pipeline", experiment=experiment, tags=tags, stage="pipeline", tracking_uri=uri,
-                                   enabled=enabled, overrides=overrides)
+        tracker = RunTracker.start(PARENT_RUN_NAME, experiment=experiment, tags=tags, stage=PARENT_RUN_NAME,
+                                   tracking_uri=uri, enabled=enabled, overrides=overrides, root=root)
         return cls(tracker, experiment, flow_run_id)
 
     @property

@@ -24,9 +24,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
-from .transport import ARTIFACT_FOLDER, artifact_folder, sqlite_path, warn
+from .context import ARTIFACT_FOLDER, artifact_folder
 
-__all__ = ["Relocation", "relocate_store", "follow_moved_store", "LOCATION_COLUMNS"]
+__all__ = ["Relocation", "relocate_store", "LOCATION_COLUMNS"]
 
 #: The columns of MLflow's schema that hold artifact locations (absent ones, in other MLflow versions, are skipped).
 LOCATION_COLUMNS = {"experiments": ("artifact_location",), "runs": ("artifact_uri",),
@@ -106,25 +106,6 @@ def relocate_store(database: str | Path, timeout: float = 30.0) -> Relocation | 
     if not roots:
         return None
     return Relocation(tuple(Path(unquote(urlparse(root).path)) for root in roots), here, rows)
-
-
-def follow_moved_store(uri: str) -> Relocation | None:
-    """:func:`relocate_store` for the store at ``uri`` if it is a SQLite file, with one warning saying what
-    moved; never raises (a read-only or locked database is reported and left as it is)."""
-    database = sqlite_path(uri)
-    if database is None:
-        return None
-    try:
-        moved = relocate_store(database)
-    except Exception as err:  # the run (or client) still opens, with the locations MLflow has
-        warn(f"MLflow store {database}: could not check whether its artifact locations name another folder "
-             f"({type(err).__name__}: {' '.join(str(err).split())[:200]})")
-        return None
-    if moved is not None:
-        warn(f"MLflow store {database} was created in {', '.join(map(str, moved.old_roots))}: its artifact "
-             f"locations ({moved.rows}) now point into {moved.new_root / ARTIFACT_FOLDER}, so this project reads "
-             f"and writes its own artifacts")
-    return moved
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -11,9 +11,11 @@ DVC runs the stages of one experiment one after the other, so the first stage cr
 the next ones find it; the stage that holds it marks it RUNNING while it runs and gives it its own end
 status when it ends (:class:`~tcl.tracking.RunTracker`). A parent whose experiment already has a run
 of this stage is an earlier execution of a name used again (``dvc exp run -f -n NAME``, or a failed
-experiment run again): a new parent is opened then. A queued experiment runs in a temporary copy of
-the workspace; its store is still the project's (``find_project_root`` follows ``DVC_ROOT``), and its
-overrides are read from that copy's ``params.yaml`` against the baseline commit's.
+experiment run again): a new parent is opened then. The parent has the experiment's ``params.yaml``
+as params, like ``make run``'s; the report's numbers stay on the stages' runs. A queued experiment
+runs in a temporary copy of the workspace; its store is still the project's (``find_project_root``
+follows ``DVC_ROOT``), and its overrides are read from that copy's ``params.yaml`` against the
+baseline commit's.
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ from .context import (
     run_label,
 )
 from .owner import owner_tags
-from .values import MAX_TAG_VALUE_LENGTH, flatten_params
+from .values import MAX_PARAMS_TAGS_PER_BATCH, MAX_TAG_VALUE_LENGTH, chunks, flatten_params
 
 __all__ = ["experiment_parent", "experiment_overrides"]
 
@@ -62,6 +64,21 @@ def experiment_overrides(baseline_rev: str | None, folder: str | os.PathLike | N
     except (OSError, subprocess.SubprocessError, yaml.YAMLError):
         return None
     return [f"{key}={value}" for key, value in sorted(after.items()) if before.get(key) != value]
+
+
+def _log_workspace_params(client: Any, run_id: str) -> None:
+    """``params.yaml`` of the experiment's workspace as the parent's params (dotted keys), as ``make run``'s
+    parent gets them (``PipelineRun.record``), so that two experiments' parent rows compare in the UI.
+    A file that cannot be read leaves the parent without params: it is a nicety, the stage runs anyway."""
+    import yaml
+    from mlflow.entities import Param
+
+    try:
+        params = yaml.safe_load((find_project_root(Path(os.getcwd())) / "params.yaml").read_text()) or {}
+    except (OSError, yaml.YAMLError):
+        return
+    for part in chunks(sorted(flatten_params(params).items()), MAX_PARAMS_TAGS_PER_BATCH):
+        client.log_batch(run_id, params=[Param(key, value) for key, value in part])
 
 
 def _quoted(value: str) -> str | None:
@@ -109,4 +126,5 @@ def experiment_parent(client: Any, experiment_id: str, tags: dict[str, str], chi
     parent_tags = {key: str(value)[:MAX_TAG_VALUE_LENGTH] for key, value in parent_tags.items()}
     run = client.create_run(experiment_id, tags=parent_tags,
                             run_name=display_name(PARENT_RUN_NAME, parent_tags[RUN_LABEL_TAG]))
+    _log_workspace_params(client, run.info.run_id)
     return run.info.run_id

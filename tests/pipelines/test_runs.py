@@ -382,5 +382,6 @@ def test_stages_of_one_dvc_experiment_share_a_parent_and_a_new_execution_gets_it
     parent = client.get_run(first)
     assert parent.info.run_name == "pipeline · three · steps=3" and parent.data.tags[RUN_NAME_TAG] == "pipeline"
     assert parent.data.tags["pipeline.overrides"] == "train.steps=3"
+    assert parent.data.params == {"train.steps": "3"}  # the experiment's parameters, as make run's parent has them
     assert client.get_run(train).info.run_name == "train · three · steps=3"
     assert "mlflow.parentRunId" not in parent.data.tags

@@ -220,9 +220,12 @@ def open_run(client, uri: str, run_name: str, experiment: str | None, parent_run
             return resume_run_id, run.info.experiment_id, None
     held = None
     if experiment_parent and not parent_run_id and dvc_experiment():
-        held = parent_run_id = find_experiment_parent(
-            client, ensure_experiment(client, uri, experiment or os.environ.get("MLFLOW_EXPERIMENT_NAME") or "tcl"),
-            tags, run_name)
+        experiment_id = ensure_experiment(client, uri, experiment or os.environ.get("MLFLOW_EXPERIMENT_NAME") or "tcl")
+        try:
+            held = parent_run_id = find_experiment_parent(client, experiment_id, tags, run_name)
+        except MlflowException as err:  # the stage's own run matters more than its nesting
+            warn(f"MLflow: no parent run for DVC experiment {dvc_experiment()!r} ({type(err).__name__}: "
+                 f"{' '.join(str(err).split())[:200]}); run {run_name!r} is not nested")
     parent_experiment = None
     if parent_run_id:
         try:

@@ -19,10 +19,14 @@ from typing import Any
 
 import yaml
 
-__all__ = ["PipelineRun", "REPORT_JSON", "read_report", "benchmark_table", "stage_run"]
+__all__ = ["PipelineRun", "REPORT_JSON", "read_report", "benchmark_table", "report_metrics", "stage_run"]
 
 #: The report stage's machine-readable output (see ``stages/report.py``).
 REPORT_JSON = Path("metrics/report/report.json")
+# Report sections that are not metrics of their own: the table (logged row by row as ``<benchmark>.<column>``),
+# the list of benchmarks in the mean, and ``by_benchmark``, which repeats the rows' mIoUs keyed by benchmark
+# for `dvc metrics show`: logging it too would record every mIoU twice, under two names.
+_NOT_METRICS = ("rows", "benchmarks", "by_benchmark")
 
 
 def read_report(root: str | os.PathLike) -> dict | None:
@@ -55,13 +59,24 @@ def _numbers(data: Any, prefix: str = "") -> dict[str, float]:
     return out
 
 
+def report_metrics(report: Mapping[str, Any]) -> dict[str, float]:
+    """The report's numbers as metric keys, each value once: ``mean.miou``, ``mean.miou_<kind>``, ... and
+    ``<benchmark>.<column>`` for each cell of :func:`benchmark_table`."""
+    metrics = _numbers({k: v for k, v in report.items() if k not in _NOT_METRICS})
+    for row in benchmark_table(report):
+        name = row.get("benchmark")
+        metrics.update({f"{name}.{k}": v for k, v in _numbers(row).items()} if name else {})
+    return metrics
+
+
 def stage_run(name: str):
     """A :class:`~tcl.tracking.RunTracker` for a stage that has no run of its own otherwise (prepare_clip,
     download): a child of the pipeline's parent run when a pipeline launched the stage (``make run``,
-    the flow), else disabled, so running the stage by hand or in a test never writes to a store."""
-    from tcl.tracking import PARENT_RUN_ENV, RunTracker
+    the flow) or of its experiment's when a ``dvc exp run`` did, else disabled, so running the stage by
+    hand or in a test never writes to a store."""
+    from tcl.tracking import PARENT_RUN_ENV, RunTracker, dvc_experiment
 
-    return RunTracker.start(name, stage=name, enabled=bool(os.environ.get(PARENT_RUN_ENV)))
+    return RunTracker.start(name, stage=name, enabled=bool(os.environ.get(PARENT_RUN_ENV) or dvc_experiment()))
 
 
 class PipelineRun:
@@ -71,6 +86,7 @@ class PipelineRun:
         self.tracker = tracker
         self.experiment = experiment
         self.flow_run_id = flow_run_id
+        self._logged: set[str] = set()  # metric keys already on the run: record() twice must not log them twice
 
     @classmethod
     def start(cls, root: str | os.PathLike, *, experiment: str, kind: str, overrides: list[str] | None = None,
@@ -79,18 +95,24 @@ class PipelineRun:
 
         The store is ``MLFLOW_TRACKING_URI``, else the embedded one of the project at ``root``. The run
         name tells executions apart (``exp_name``, the DVC experiment it runs, else the git commit, then
-        ``overrides``: ``pipeline · three-steps · steps=3``); the stages' runs take the same label.
+        ``overrides``: ``pipeline · three-steps · steps=3``); the stages' runs take the same label, and the
+        parent has the tags its stages get from DVC (``dvc.root``, ``dvc.exp_name``, ``dvc.exp_baseline_rev``)
+        and the git commit of ``root`` (not of the cwd).
         """
-        from tcl.tracking import RunTracker, default_tracking_uri
+        from tcl.tracking import KIND_TAG, OVERRIDES_TAG, PARENT_RUN_NAME, RunTracker, default_tracking_uri, run_tags
 
-        tags = {"pipeline.kind": kind, "pipeline.overrides": " ".join(overrides or []) or "(none)"}
+        root = Path(root).resolve()
+        tags = {KIND_TAG: kind, OVERRIDES_TAG: " ".join(overrides or []) or "(none)", "dvc.root": str(root)}
         if flow_run_id:
             tags["prefect.flow_run_id"] = flow_run_id
-        if exp_name:
-            tags["dvc.exp_name"] = exp_name  # what DVC gives the stages of `dvc exp run --name` as DVC_EXP_NAME
+        if exp_name:  # what DVC gives the stages of `dvc exp run --name` (DVC_EXP_NAME, DVC_EXP_BASELINE_REV: HEAD)
+            tags["dvc.exp_name"] = exp_name
+            commit = run_tags(root=root).get("git.commit") if enabled else None
+            if commit:
+                tags["dvc.exp_baseline_rev"] = commit
         uri = os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri(root)
-        tracker = RunTracker.start("pipeline", experiment=experiment, tags=tags, stage="pipeline", tracking_uri=uri,
-                                   enabled=enabled, overrides=overrides)
+        tracker = RunTracker.start(PARENT_RUN_NAME, experiment=experiment, tags=tags, stage=PARENT_RUN_NAME,
+                                   tracking_uri=uri, enabled=enabled, overrides=overrides, root=root)
         return cls(tracker, experiment, flow_run_id)
 
     @property
@@ -127,11 +149,9 @@ class PipelineRun:
         report = read_report(root) if with_report else None
         metrics: dict[str, float] = {}
         if report is not None:
-            metrics = _numbers({k: v for k, v in report.items() if k not in ("rows", "benchmarks")})
-            for row in benchmark_table(report):
-                name = row.get("benchmark")
-                metrics.update({f"{name}.{k}": v for k, v in _numbers(row).items()} if name else {})
+            metrics = {k: v for k, v in report_metrics(report).items() if k not in self._logged}
             self.tracker.log_metrics(metrics)
+            self._logged.update(metrics)
             for path in sorted((root / REPORT_JSON.parent).iterdir()):
                 if path.is_file():
                     self.tracker.log_artifact(path, "report")

@@ -30,6 +30,12 @@ _WHERE = {
     "RUN_NAME_TAG": "context",
     "RUN_LABEL_TAG": "context",
     "run_label": "context",
+    "dvc_experiment": "context",
+    "KIND_TAG": "context",
+    "OVERRIDES_TAG": "context",
+    "PARENT_RUN_NAME": "context",
+    "INHERITED_TAGS": "context",
+    "PER_RUN_TAGS": "context",
 }
 __all__ = list(_WHERE)
 __getattr__ = lazy_exports(__name__, _WHERE)

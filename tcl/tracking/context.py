@@ -11,12 +11,15 @@ from __future__ import annotations
 import contextlib
 import getpass
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 __all__ = ["find_project_root", "default_tracking_uri", "resolve_tracking_uri", "run_tags", "run_label",
-           "display_name", "PARENT_RUN_ENV", "PREFECT_FLOW_RUN_ENV", "STAGE_ENV", "RUN_NAME_TAG", "RUN_LABEL_TAG"]
+           "display_name", "dvc_experiment", "PARENT_RUN_ENV", "PREFECT_FLOW_RUN_ENV", "STAGE_ENV", "RUN_NAME_TAG",
+           "RUN_LABEL_TAG", "KIND_TAG", "OVERRIDES_TAG", "PARENT_RUN_NAME", "INHERITED_TAGS", "PER_RUN_TAGS",
+           "ARTIFACT_FOLDER", "artifact_folder"]
 
 #: Environment variable through which a pipeline hands its parent run id to stage processes.
 PARENT_RUN_ENV = "TCL_MLFLOW_PARENT_RUN_ID"
@@ -29,11 +32,23 @@ STAGE_ENV = "TCL_STAGE"
 RUN_NAME_TAG = "tcl.run_name"
 #: Tag holding what tells a run apart from its siblings (:func:`run_label`); child runs take their parent's.
 RUN_LABEL_TAG = "tcl.run_label"
+#: Tags of a pipeline execution's parent run: what launched it (``dvc repro``, ``prefect``, ``dvc exp run (name)``)
+#: and its parameter overrides (``train.steps=5 model.tcl_w=0.5``, ``(none)``).
+KIND_TAG, OVERRIDES_TAG = "pipeline.kind", "pipeline.overrides"
+#: The plain name of a pipeline execution's parent run (tag ``tcl.run_name``).
+PARENT_RUN_NAME = "pipeline"
+#: Tags a child run takes from its parent: only the pipeline knows its overrides, its stages do not.
+INHERITED_TAGS = (RUN_LABEL_TAG, KIND_TAG, OVERRIDES_TAG)
+#: Tags that describe one run, not the execution it belongs to: all other tags of a stage's run are its parent's too.
+PER_RUN_TAGS = frozenset({"tcl.stage", "dvc.stage", RUN_NAME_TAG, "mlflow.runName", "mlflow.parentRunId",
+                          "tcl.process", "mlflow.source.name"})
 NAME_SEPARATOR = " · "
 _MAX_OVERRIDES_SHOWN = 3
 _MAX_LABEL = 120
 
 _ROOT_MARKERS = ("params.yaml", "pyproject.toml")
+#: The embedded store's artifact folder, beside ``mlflow.db``.
+ARTIFACT_FOLDER = "mlartifacts"
 # Variables DVC sets for stage commands (dvc/stage/run.py, dvc/repo/experiments/queue/base.py).
 _DVC_TAGS = {"DVC_STAGE": "dvc.stage", "DVC_ROOT": "dvc.root", "DVC_EXP_NAME": "dvc.exp_name",
              "DVC_EXP_BASELINE_REV": "dvc.exp_baseline_rev"}
@@ -54,6 +69,12 @@ def find_project_root(start: str | os.PathLike | None = None) -> Path:
         if any((folder / marker).is_file() for marker in _ROOT_MARKERS):
             return folder
     return here
+
+
+def artifact_folder(store_folder: Path, experiment: str) -> Path:
+    """``<store_folder>/mlartifacts/<experiment>``, the experiment's name made a safe folder name."""
+    slug = re.sub(r"[^\w.-]+", "_", experiment).strip("._") or "default"
+    return store_folder / ARTIFACT_FOLDER / slug
 
 
 def default_tracking_uri(root: str | os.PathLike | None = None) -> str:
@@ -92,6 +113,12 @@ def _prefect_flow_run_id() -> str | None:
     # From the environment only: the library never imports Prefect. Our flow exports its run id to the
     # stage processes (and passes it to its own parent run); a Prefect worker sets PREFECT__FLOW_RUN_ID.
     return os.environ.get(PREFECT_FLOW_RUN_ENV) or os.environ.get("PREFECT__FLOW_RUN_ID") or None
+
+
+def dvc_experiment() -> str | None:
+    """The DVC experiment this process runs in (``dvc exp run`` sets ``DVC_EXP_NAME`` and
+    ``DVC_EXP_BASELINE_REV`` for every stage, queued or not): its name, else its baseline commit."""
+    return os.environ.get("DVC_EXP_NAME") or os.environ.get("DVC_EXP_BASELINE_REV") or None
 
 
 def run_tags(stage: str | None = None, root: str | os.PathLike | None = None) -> dict[str, str]:

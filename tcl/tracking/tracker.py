@@ -45,7 +45,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .context import PARENT_RUN_ENV, RUN_LABEL_TAG, RUN_NAME_TAG, resolve_tracking_uri, run_label, run_tags
+from .context import (
+    PARENT_RUN_ENV,
+    PARENT_RUN_NAME,
+    RUN_LABEL_TAG,
+    RUN_NAME_TAG,
+    resolve_tracking_uri,
+    run_label,
+    run_tags,
+)
 from .owner import close_orphaned_runs, owner_tags
 from .transport import TrackingWarning, http_limits, make_client, open_run, probe
 from .transport import warn as _warn
@@ -95,8 +103,9 @@ class RunTracker:
 
     def __init__(self, run_name: str, *, client: Any = None, run_id: str | None = None, tracking_uri: str | None = None,
                  experiment_id: str | None = None, max_pending: int = 10_000, retry_interval: float = 30.0,
-                 hold_metrics: bool = False):
+                 hold_metrics: bool = False, held_parent: str | None = None):
         self.run_name = run_name
+        self._held_parent = held_parent  # a DVC experiment's parent run, given this run's end status (exp_parent)
         self.tracking_uri = tracking_uri
         self.experiment_id = experiment_id
         self._client, self._run_id = client, run_id
@@ -124,19 +133,22 @@ class RunTracker:
               tags: dict[str, Any] | None = None, tracking_uri: str | None = None, resume_run_id: str | None = None,
               enabled: bool = True, stage: str | None = None, max_pending: int = 10_000,
               retry_interval: float = 30.0, hold_metrics: bool = False,
-              overrides: list[str] | None = None) -> RunTracker:
+              overrides: list[str] | None = None, root: str | os.PathLike | None = None) -> RunTracker:
         """Open (or resume) a run and return its tracker; never raises on tracking failures.
 
         ``tracking_uri``: else ``MLFLOW_TRACKING_URI``, else the embedded store of the project.
         ``parent_run_id``: else env ``TCL_MLFLOW_PARENT_RUN_ID``; the run is nested under it (tag
         ``mlflow.parentRunId``) and, unless ``experiment`` is given, placed in the parent's experiment
         (the UI nests runs only within one experiment). ``experiment``: else the parent's, else env
-        ``MLFLOW_EXPERIMENT_NAME``, else ``"tcl"``. Tags: :func:`run_tags` (``stage``) updated by ``tags``.
+        ``MLFLOW_EXPERIMENT_NAME``, else ``"tcl"``. Tags: :func:`run_tags` (``stage``; the git
+        commit of the project at ``root``, default: the cwd's) updated by ``tags``.
         ``resume_run_id``: reopen that run (a resumed training) instead of creating one.
         ``hold_metrics``: keep metrics until :meth:`release` (see the module docstring).
         The MLflow run name is ``run_name`` plus :func:`run_label` (the DVC experiment or git commit and
         the parameter ``overrides``; a nested run takes its parent's label), e.g. ``train · 3f5b2db ·
         steps=400``; ``run_name`` itself is the tag ``tcl.run_name``.
+        A new run with no parent inside a DVC experiment (a plain ``dvc exp run``) nests under that
+        experiment's parent run, found or created (``exp_parent``), which then takes this run's status.
         Runs of the experiment left ``RUNNING`` by a dead process of this host are closed (``owner``).
         """
         if not enabled:
@@ -148,14 +160,14 @@ class RunTracker:
                   f"training continues")
             return cls(run_name, tracking_uri=uri)
         parent_run_id = parent_run_id or os.environ.get(PARENT_RUN_ENV) or None
-        all_tags = {**run_tags(stage), **owner_tags(), **(tags or {})}
+        all_tags = {**run_tags(stage, root), **owner_tags(), **(tags or {})}
         all_tags.setdefault(RUN_LABEL_TAG, run_label(all_tags, overrides or ()))
         all_tags[RUN_NAME_TAG] = run_name
         try:
             with http_limits():
                 client = make_client(uri)
-                run_id, experiment_id = open_run(client, uri, run_name, experiment, parent_run_id, all_tags,
-                                                 resume_run_id)
+                run_id, experiment_id, held = open_run(client, uri, run_name, experiment, parent_run_id, all_tags,
+                                                       resume_run_id, experiment_parent=run_name != PARENT_RUN_NAME)
         except Exception as err:  # tracking must never stop training
             _warn(f"MLflow tracking at {uri} failed to open run {run_name!r} ({type(err).__name__}: "
                   f"{' '.join(str(err).split())[:300]}); training continues untracked")
@@ -171,7 +183,8 @@ class RunTracker:
                 _warn(f"MLflow: {len(closed)} run(s) left RUNNING by a process that had ended set to FAILED "
                       f"({', '.join(closed[:5])})")
         return cls(run_name, client=client, run_id=run_id, tracking_uri=uri, experiment_id=experiment_id,
-                   max_pending=max_pending, retry_interval=retry_interval, hold_metrics=hold_metrics)
+                   max_pending=max_pending, retry_interval=retry_interval, hold_metrics=hold_metrics,
+                   held_parent=held)
 
     def child(self, run_name: str, **kwargs: Any) -> RunTracker:
         """A run nested under this one, in the same store (disabled if this tracker is)."""
@@ -484,6 +497,8 @@ class RunTracker:
             client.log_artifact(run_id, str(local), artifact_path)
         elif op.kind == "end":
             client.set_terminated(run_id, status=op.payload)
+            if self._held_parent is not None:  # the next stage of the experiment marks it RUNNING again
+                client.set_terminated(self._held_parent, status=op.payload)
 
     def _send_missing(self, rows: list[tuple[str, float, int, int]]) -> None:
         from mlflow.entities import Metric

@@ -22,11 +22,14 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-from .context import RUN_LABEL_TAG, display_name
+from .context import ARTIFACT_FOLDER, INHERITED_TAGS, RUN_LABEL_TAG, artifact_folder, display_name, dvc_experiment
+from .exp_parent import experiment_parent as find_experiment_parent
+from .relocate import Relocation, relocate_store
 from .values import MAX_PARAMS_TAGS_PER_BATCH, MAX_TAG_VALUE_LENGTH, clean_key
 
 __all__ = ["HTTP_LIMITS", "EXPERIMENT_KIND_TAG", "EXPERIMENT_KIND", "TrackingWarning", "warn", "is_remote",
-           "sqlite_path", "probe", "http_limits", "make_client", "ensure_experiment", "artifact_location", "open_run"]
+           "sqlite_path", "probe", "http_limits", "make_client", "ensure_experiment", "artifact_location", "open_run",
+           "follow_moved_store"]
 
 #: Limits applied to our own MLflow HTTP calls: two retries within ~3 s when the server refuses
 #: connections (instead of ~4 min), and 60 s per socket wait (a server may take that long to store a
@@ -133,20 +136,43 @@ def http_limits() -> Iterator[None]:
                 _env_set.clear()
 
 
+def follow_moved_store(uri: str) -> Relocation | None:
+    """:func:`relocate_store` for the store at ``uri`` if it is a SQLite file, with one warning saying what
+    moved; never raises (a read-only or locked database is reported and left as it is)."""
+    database = sqlite_path(uri)
+    if database is None:
+        return None
+    try:
+        moved = relocate_store(database)
+    except Exception as err:  # the run (or client) still opens, with the locations MLflow has
+        warn(f"MLflow store {database}: could not check whether its artifact locations name another folder "
+             f"({type(err).__name__}: {' '.join(str(err).split())[:200]})")
+        return None
+    if moved is not None:
+        warn(f"MLflow store {database} was created in {', '.join(map(str, moved.old_roots))}: its artifact "
+             f"locations ({moved.rows}) now point into {moved.new_root / ARTIFACT_FOLDER}, so this project reads "
+             f"and writes its own artifacts")
+    return moved
+
+
 def make_client(uri: str):
+    """An ``MlflowClient`` for ``uri`` (tracking and registry); an embedded store copied or moved with its
+    project first has its artifact locations pointed at its new folder (``relocate``)."""
     from mlflow.tracking import MlflowClient
+
+    follow_moved_store(uri)
 
     return MlflowClient(tracking_uri=uri, registry_uri=uri)
 
 
 def artifact_location(uri: str, experiment: str) -> str | None:
     """For a SQLite store, ``<folder of the .db>/mlartifacts/<experiment>`` (so artifacts sit beside the
-    database instead of in the cwd's ``./mlruns``); ``None`` (the server's choice) otherwise."""
+    database instead of in the cwd's ``./mlruns``); ``None`` (the server's choice) otherwise. MLflow
+    stores it as an absolute location: a moved project is handled by ``relocate``."""
     db = sqlite_path(uri)
     if db is None:
         return None
-    slug = re.sub(r"[^\w.-]+", "_", experiment).strip("._") or "default"
-    return (db.resolve().parent / "mlartifacts" / slug).as_uri()
+    return artifact_folder(db.resolve().parent, experiment).as_uri()
 
 
 def ensure_experiment(client, uri: str, name: str) -> str:
@@ -172,8 +198,11 @@ def ensure_experiment(client, uri: str, name: str) -> str:
 
 
 def open_run(client, uri: str, run_name: str, experiment: str | None, parent_run_id: str | None,
-             tags: dict[str, Any], resume_run_id: str | None) -> tuple[str, str]:
-    """Create (or reopen) the run; returns ``(run_id, experiment_id)``."""
+             tags: dict[str, Any], resume_run_id: str | None,
+             experiment_parent: bool = False) -> tuple[str, str, str | None]:
+    """Create (or reopen) the run; returns ``(run_id, experiment_id, parent this run holds)``. A new run
+    without ``parent_run_id`` nests, with ``experiment_parent``, under its DVC experiment's parent run
+    (``exp_parent``), which it then holds: the third value is that parent's id (else ``None``)."""
     from mlflow.exceptions import MlflowException
 
     tags = {clean_key(k): str(v)[:MAX_TAG_VALUE_LENGTH] for k, v in tags.items()}
@@ -188,15 +217,23 @@ def open_run(client, uri: str, run_name: str, experiment: str | None, parent_run
             client.update_run(resume_run_id, status="RUNNING")
             tags.pop(RUN_LABEL_TAG, None)  # a resumed run keeps the name and label it started with
             client.log_batch(resume_run_id, tags=[RunTag(k, v) for k, v in tags.items()][:MAX_PARAMS_TAGS_PER_BATCH])
-            return resume_run_id, run.info.experiment_id
+            return resume_run_id, run.info.experiment_id, None
+    held = None
+    if experiment_parent and not parent_run_id and dvc_experiment():
+        experiment_id = ensure_experiment(client, uri, experiment or os.environ.get("MLFLOW_EXPERIMENT_NAME") or "tcl")
+        try:
+            held = parent_run_id = find_experiment_parent(client, experiment_id, tags, run_name)
+        except MlflowException as err:  # the stage's own run matters more than its nesting
+            warn(f"MLflow: no parent run for DVC experiment {dvc_experiment()!r} ({type(err).__name__}: "
+                 f"{' '.join(str(err).split())[:200]}); run {run_name!r} is not nested")
     parent_experiment = None
     if parent_run_id:
         try:
             parent = client.get_run(parent_run_id)
             parent_experiment = parent.info.experiment_id
             tags["mlflow.parentRunId"] = parent_run_id
-            if parent.data.tags.get(RUN_LABEL_TAG):  # the pipeline run knows the overrides; its stages do not
-                tags[RUN_LABEL_TAG] = parent.data.tags[RUN_LABEL_TAG]
+            # the pipeline run knows the overrides and what launched it; its stages do not
+            tags.update({key: parent.data.tags[key] for key in INHERITED_TAGS if parent.data.tags.get(key)})
         except MlflowException:
             warn(f"MLflow parent run {parent_run_id} not found in {uri}; run {run_name!r} is not nested")
     if experiment is None and parent_experiment is not None:
@@ -204,5 +241,5 @@ def open_run(client, uri: str, run_name: str, experiment: str | None, parent_run
     else:
         experiment_id = ensure_experiment(client, uri, experiment or os.environ.get("MLFLOW_EXPERIMENT_NAME") or "tcl")
     run = client.create_run(experiment_id, tags=tags, run_name=display_name(run_name, tags.get(RUN_LABEL_TAG)))
-    return run.info.run_id, experiment_id
+    return run.info.run_id, experiment_id, held
 

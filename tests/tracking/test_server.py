@@ -49,6 +49,26 @@ def test_short_run_on_server(server, tmp_path):
     assert (server.folder / "artifacts").is_dir()  # proxied through the server, not written by the client
 
 
+def test_stages_of_a_dvc_experiment_nest_under_one_parent_on_a_server(server, monkeypatch):
+    """The experiment's parent is found through the server's search as through the embedded store's."""
+    from mlflow.tracking import MlflowClient
+
+    monkeypatch.delenv("TCL_MLFLOW_PARENT_RUN_ID", raising=False)
+    monkeypatch.setenv("DVC_EXP_NAME", "on-server")
+    monkeypatch.setenv("DVC_EXP_BASELINE_REV", "0" * 40)  # no such commit: the overrides are unknown
+    runs = []
+    for name in ("train", "register"):
+        with RunTracker.start(name, stage=name, experiment="tcl-server-exp", tracking_uri=server.uri) as run:
+            pass
+        runs.append(run.run_id)
+    client = MlflowClient(server.uri)
+    parents = {client.get_run(run_id).data.tags["mlflow.parentRunId"] for run_id in runs}
+    assert len(parents) == 1
+    parent = client.get_run(parents.pop())
+    assert parent.info.run_name == "pipeline · on-server" and parent.info.status == "FINISHED"
+    assert parent.data.tags["pipeline.overrides"] == "(unknown)"
+
+
 def test_server_goes_away_mid_run_and_comes_back(server):
     from mlflow.tracking import MlflowClient
 

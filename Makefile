@@ -38,6 +38,8 @@ exp-show: $(STAMP)
 
 # The MLflow UI on the embedded store: http://127.0.0.1:5000
 mlflow-ui: $(STAMP)
+	# a copied or moved project: point the store's artifact locations at this folder first (tcl.tracking.relocate)
+	if [ -f mlflow.db ]; then $(PY) -m tcl.tracking.relocate mlflow.db; fi
 	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db --host 127.0.0.1 --port 5000
 
 # DVC's plots page with vega inside it (draws with no network): dvc_plots/index.html, like `dvc plots show`.

@@ -2,17 +2,19 @@
 
 Each task runs its stage through DVC (``dvc repro --single-item <stage>``), so DVC's cache decides
 what is up to date and ``dvc.lock`` stays the record; the task streams the stage's output to the
-Prefect log and fails on a non-zero exit. Flow parameters become DVC parameter overrides
-(``dvc exp run -S`` semantics, written into ``params.yaml`` after the whole file is validated, before
-any stage starts). Downloads retry with exponential backoff (img2dataset resumes finished shards),
-training runs under ``torchrun`` (the train stage's command), evaluations are mapped over the
-benchmarks with at most ``eval_concurrency`` at a time. One MLflow parent run per flow run holds
-every stage's run; the flow publishes the benchmark table as a Prefect table artifact and links
-that MLflow run. A flow run holds the checkout's workspace lock (:mod:`pipelines.lock`) from
-start to finish, as ``make run`` does: a second pipeline run in the same checkout fails at once,
-naming the first. Run it once with ``python -m pipelines.flow`` (bad parameters: one line on stderr,
-exit status 2, before any flow run; a failed stage: exit status 1); schedule it with ``prefect.yaml``
-or ``python -m pipelines.serve``.
+Prefect log (blank lines left out) and fails on a non-zero exit. Flow parameters become DVC
+parameter overrides (``dvc exp run -S`` semantics, written into ``params.yaml`` after the whole file
+is validated, before any stage starts) for this flow run only: :mod:`pipelines.params_backup` puts
+the file back however the run ends. A flow run that DVC finds nothing to do for records nothing
+(no MLflow parent run, no artifacts). Downloads retry with exponential backoff (img2dataset resumes
+finished shards), training runs under ``torchrun`` (the train stage's command), evaluations are
+mapped over the benchmarks with at most ``eval_concurrency`` at a time. One MLflow parent run per
+flow run holds every stage's run; the flow publishes the benchmark table (with the report's mean as
+its last row) as a Prefect table artifact and links that MLflow run. A flow run holds the
+checkout's workspace lock (:mod:`pipelines.lock`) from start to finish, as ``make run`` does: a
+second pipeline run in the same checkout fails at once, naming the first. Run it once with
+``python -m pipelines.flow`` (bad parameters: one line on stderr, exit status 2, before any flow
+run; a failed stage: exit status 1); schedule it with ``prefect.yaml`` or ``python -m pipelines.serve``.
 """
 
 from __future__ import annotations

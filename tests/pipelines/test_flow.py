@@ -133,9 +133,17 @@ def test_flow_runs_each_stage_through_dvc_with_retries_a_concurrency_limit_and_a
     assert parent.data.tags["prefect.flow_run_id"] == str(state.state_details.flow_run_id)
     assert parent.data.metrics["x.miou"] == 11.0
 
-    # the next plain nightly trains the file's steps and says so; the one after has nothing to do and records nothing
+    # An orchestrator SIGKILLed with prepare_clip.steps=13 written (the train command fails on 13) leaves it behind;
+    # the next plain nightly restores params.yaml before reading it, trains the file's steps and says so.
+    crash = ("import os, signal, sys; from pipelines.params_backup import overrides_applied\n"
+             "with overrides_applied(sys.argv[1], [('prepare_clip.steps', 13)]):\n"
+             "    os.kill(os.getpid(), signal.SIGKILL)\n")
+    assert run_python(["-c", crash, str(scratch)], REPO).returncode == -9
+    assert yaml.safe_load((scratch / "params.yaml").read_text())["prepare_clip"]["steps"] == 13
     nightly = tcl_pipeline(project_root=str(scratch), return_state=True)
     assert nightly.is_completed(), nightly.message
+    assert (scratch / "params.yaml").read_text() == before
+    # the one after has nothing to do and records nothing
     lock = yaml.safe_load((scratch / "dvc.lock").read_text())
     default = yaml.safe_load(before)["prepare_clip"]["steps"]
     assert lock["stages"]["train"]["params"]["params.yaml"]["prepare_clip.steps"] == default != 5
@@ -148,8 +156,12 @@ def test_flow_runs_each_stage_through_dvc_with_retries_a_concurrency_limit_and_a
     assert idle.is_completed() and idle.result() == {"mlflow_run_id": None, "benchmarks": [], "up_to_date": True}
     assert len(client.search_runs(["1"], parents)) == 2  # no third parent run ...
     assert len(client.search_runs(["1"], "", max_results=1000)) == len(runs_before)  # ... nor any other run
-    _, idle_logs, idle_artifacts = _flow_run(idle.state_details.flow_run_id)
-    assert idle_artifacts == [] and any("up to date" in log.message for log in idle_logs)
+    for _ in range(60):  # Prefect ships log records in batches: wait (bounded) for the run's line to arrive
+        _, idle_logs, idle_artifacts = _flow_run(idle.state_details.flow_run_id)
+        if any("up to date" in log.message for log in idle_logs):
+            break
+        time.sleep(0.5)
+    assert idle_artifacts == [] and any("the pipeline is up to date" in log.message for log in idle_logs)
 
 
 def test_a_failing_stage_fails_the_flow_and_bad_parameters_fail_before_any_stage(scratch, monkeypatch):

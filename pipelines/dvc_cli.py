@@ -96,8 +96,9 @@ def run_streamed(command: Sequence[str], *, cwd: str | os.PathLike, env: Mapping
                                text=True, errors="replace", bufsize=1, start_new_session=True)
     def relay(stream) -> None:
         for raw in stream:
-            # tqdm redraws with carriage returns: keep only the final state of such a line
-            line = raw.rstrip("\n").rsplit("\r", 1)[-1]
+            # tqdm redraws with carriage returns: keep only the final state of such a line (a line that
+            # ends in "\r", as tqdm's last redraw does, would otherwise come out empty)
+            line = raw.rstrip("\r\n").rsplit("\r", 1)[-1]
             last.append(line)
             on_line(line)
 

@@ -2,23 +2,26 @@
 
 Each task runs its stage through DVC (``dvc repro --single-item <stage>``), so DVC's cache decides
 what is up to date and ``dvc.lock`` stays the record; the task streams the stage's output to the
-Prefect log and fails on a non-zero exit. Flow parameters become DVC parameter overrides
-(``dvc exp run -S`` semantics, written into ``params.yaml`` after the whole file is validated, before
-any stage starts). Downloads retry with exponential backoff (img2dataset resumes finished shards),
-training runs under ``torchrun`` (the train stage's command), evaluations are mapped over the
-benchmarks with at most ``eval_concurrency`` at a time. One MLflow parent run per flow run holds
-every stage's run; the flow publishes the benchmark table as a Prefect table artifact and links
-that MLflow run. A flow run holds the checkout's workspace lock (:mod:`pipelines.lock`) from
-start to finish, as ``make run`` does: a second pipeline run in the same checkout fails at once,
-naming the first. Run it once with ``python -m pipelines.flow`` (bad parameters: one line on stderr,
-exit status 2, before any flow run; a failed stage: exit status 1); schedule it with ``prefect.yaml``
-or ``python -m pipelines.serve``.
+Prefect log (blank lines left out) and fails on a non-zero exit. Flow parameters become DVC
+parameter overrides (``dvc exp run -S`` semantics, written into ``params.yaml`` after the whole file
+is validated, before any stage starts) for this flow run only: :mod:`pipelines.params_backup` puts
+the file back however the run ends. A flow run that DVC finds nothing to do for records nothing
+(no MLflow parent run, no artifacts). Downloads retry with exponential backoff (img2dataset resumes
+finished shards), training runs under ``torchrun`` (the train stage's command), evaluations are
+mapped over the benchmarks with at most ``eval_concurrency`` at a time. One MLflow parent run per
+flow run holds every stage's run; the flow publishes the benchmark table (with the report's mean as
+its last row) as a Prefect table artifact and links that MLflow run. A flow run holds the
+checkout's workspace lock (:mod:`pipelines.lock`) from start to finish, as ``make run`` does: a
+second pipeline run in the same checkout fails at once, naming the first. Run it once with
+``python -m pipelines.flow`` (bad parameters: one line on stderr, exit status 2, before any flow
+run; a failed stage: exit status 1); schedule it with ``prefect.yaml`` or ``python -m pipelines.serve``.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
 from itertools import groupby
 from pathlib import Path
 from typing import Any
@@ -32,13 +35,8 @@ from prefect.tasks import exponential_backoff
 from pipelines import dvc_cli as dvc
 from pipelines.inputs import missing_inputs
 from pipelines.lock import workspace_lock
-from pipelines.overrides import (
-    add_override_arguments,
-    load_overrides_file,
-    parse_overrides,
-    validate_overrides,
-    write_overrides,
-)
+from pipelines.overrides import add_override_arguments, load_overrides_file, parse_overrides, validate_overrides
+from pipelines.params_backup import overrides_applied, recover
 from pipelines.parent_run import PipelineRun, benchmark_table, read_report
 from tcl.errors import ConfigError, TCLError
 from tcl.tracking import STAGE_ENV
@@ -59,6 +57,15 @@ def checked_overrides(root: Path, overrides: list[str] | None, overrides_file: s
     return changes, validate_overrides(root / "params.yaml", changes)
 
 
+def _log_line(logger) -> Callable[[str], None]:
+    """A streamed output line → one Prefect log record; blank lines (DVC's spacing around each stage, the
+    empty lines stage scripts print) are dropped, they would each be an empty record in the task log."""
+    def log(line: str) -> None:
+        if line.strip():
+            logger.info(line)
+    return log
+
+
 @task(name="stage", task_run_name="{stage}", cache_policy=NO_CACHE)
 def run_stage(stage: str, root: str, env: dict[str, str], force: bool = False) -> str:
     """``dvc repro --single-item <stage>`` with the stage's output streamed to the Prefect log.
@@ -66,9 +73,8 @@ def run_stage(stage: str, root: str, env: dict[str, str], force: bool = False) -
     ``env``: only the variables the pipeline adds (the MLflow parent run); the rest of the process
     environment is inherited here, never passed as a parameter that Prefect would store.
     """
-    logger = get_run_logger()
-    tail = dvc.repro(stage, root=root, env=dvc.tool_env({**env, STAGE_ENV: stage}), on_line=logger.info,
-                     force=force)
+    tail = dvc.repro(stage, root=root, env=dvc.tool_env({**env, STAGE_ENV: stage}),
+                     on_line=_log_line(get_run_logger()), force=force)
     return "skipped" if any("didn't change, skipping" in line for line in tail) else "ran"
 
 
@@ -90,13 +96,26 @@ def evaluate_benchmarks(stages: list[str], root: str, env: dict[str, str], force
     return futures.result()
 
 
+def _mean_row(report: dict[str, Any], rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The report's mean as a last table row (``benchmark`` = ``mean (N)``, N benchmarks averaged; training
+    splits are left out, as in report.md), with the table's columns; none when the report has no mean."""
+    mean = report.get("mean")
+    if not isinstance(mean, dict) or mean.get("miou") is None:
+        return []
+    columns = dict.fromkeys(key for row in rows for key in row)
+    counted = mean.get("benchmarks")
+    label = f"mean ({len(counted)})" if isinstance(counted, list) else "mean"
+    return [{key: label if key == "benchmark" else mean.get(key) for key in columns}]
+
+
 def _publish(run: PipelineRun, root: Path, mlflow_ui: str, with_report: bool = True) -> list[dict[str, Any]]:
     """The benchmark table as a Prefect table artifact, plus a link to the MLflow parent run."""
     report = read_report(root) if with_report else None
     rows = benchmark_table(report) if report else []
     if rows:
-        create_table_artifact(table=rows, key="tcl-benchmarks",
-                              description="mIoU per benchmark (metrics/report/report.json)")
+        create_table_artifact(table=rows + _mean_row(report, rows), key="tcl-benchmarks",
+                              description="mIoU per benchmark and their mean, as in report.md "
+                                          "(metrics/report/report.json)")
     report_md = root / "metrics/report/report.md"
     if with_report and report_md.is_file():
         create_markdown_artifact(report_md.read_text(), key="tcl-report", description="metrics/report/report.md")
@@ -127,43 +146,60 @@ def tcl_pipeline(overrides: list[str] | None = None, overrides_file: str | None 
     logger = get_run_logger()
     root = Path(project_root) if project_root else PROJECT_ROOT
     # One pipeline run per checkout at a time (they share params.yaml); held until the flow run ends.
-    with workspace_lock(root, f"prefect flow run {flow_run.name or flow_run.id} (tcl-pipeline)"):
+    name = f"prefect flow run {flow_run.name or flow_run.id} (tcl-pipeline)"
+    with workspace_lock(root, name):
+        recover(root, logger.warning)  # overrides a killed run left behind go before params.yaml is read
         changes, params = checked_overrides(root, overrides, overrides_file)
         missing = missing_inputs(params, root)  # as make run: every missing input before any stage starts
         if missing:
             raise ConfigError(f"{len(missing)} input(s) missing: " + " | ".join(missing))
-        write_overrides(root / "params.yaml", changes)
-        if changes:
-            logger.info("params.yaml overrides: %s", ", ".join(f"{k}={v!r}" for k, v in changes))
         groups = stage_groups(dvc.stage_names(root))
         if until is not None and until not in (names := [name for name, _ in groups]):
             raise ConfigError(f"until={until!r} is not a stage of dvc.yaml (stages: {', '.join(names)})")
-        # The library never asks Prefect for the flow-run id (tcl.tracking reads only the environment):
-        # the parent run gets it here as its tag, the stage processes through run.env().
-        with PipelineRun.start(root, experiment=params.pipeline.experiment, kind="prefect",
-                               overrides=[f"{k}={v}" for k, v in changes], flow_run_id=str(flow_run.id or ""),
-                               enabled=track) as run:
-            env = run.env()
-            for name, stages in groups:
-                if name == "evaluate":
-                    runner = ThreadPoolTaskRunner(max_workers=max(1, eval_concurrency))
-                    evaluate_benchmarks.with_options(task_runner=runner)(stages, str(root), env, force)
-                elif name == "download":
-                    retrying = run_stage.with_options(retries=download_retries, retry_jitter_factor=0.5,
-                                                      retry_delay_seconds=exponential_backoff(download_retry_delay))
-                    for future in [retrying.submit(s, str(root), env, force) for s in stages]:
-                        future.result()
-                else:
-                    for stage in stages:
-                        run_stage(stage, str(root), env, force)
-                if name == until:
-                    break
-            else:  # anything the groups did not cover (a stage added to dvc.yaml later) runs here, in DVC's order
-                dvc.run_dvc(["repro"], root=root, env=dvc.tool_env(env), on_line=logger.info)
-            complete = until is None or until in ("report", "register")
-            run.record(root, with_report=complete)
-            rows = _publish(run, root, mlflow_ui, with_report=complete)
-    return {"mlflow_run_id": run.run_id, "benchmarks": rows}
+        if until is not None:
+            groups = groups[:[name for name, _ in groups].index(until) + 1]
+        # The overrides hold for this flow run only: params.yaml is put back however it ends (pipelines.params_backup).
+        with overrides_applied(root, changes, command=name, say=logger.warning):
+            if changes:
+                logger.info("params.yaml overrides for this run: %s", ", ".join(f"{k}={v!r}" for k, v in changes))
+            if not force and not dvc.stale_stages(root, [s for _, stages in groups for s in stages]):
+                # a nightly with nothing to do records nothing: no MLflow parent run, no artifacts
+                logger.info("the pipeline is up to date (dvc status): nothing to do, nothing recorded")
+                return {"mlflow_run_id": None, "benchmarks": [], "up_to_date": True}
+            return _run_groups(root, groups, params, changes, force=force, eval_concurrency=eval_concurrency,
+                               download_retries=download_retries, download_retry_delay=download_retry_delay,
+                               complete=until is None or until in ("report", "register"), rest=until is None,
+                               track=track,
+                               mlflow_ui=mlflow_ui, flow_run_id=str(flow_run.id or ""))
+
+
+def _run_groups(root: Path, groups: list[tuple[str, list[str]]], params, changes, *, force: bool,
+                eval_concurrency: int, download_retries: int, download_retry_delay: float, complete: bool,
+                rest: bool, track: bool, mlflow_ui: str, flow_run_id: str) -> dict[str, Any]:
+    """The stage groups as tasks under one MLflow parent run, then the artifacts."""
+    # The library never asks Prefect for the flow-run id (tcl.tracking reads only the environment):
+    # the parent run gets it here as its tag, the stage processes through run.env().
+    with PipelineRun.start(root, experiment=params.pipeline.experiment, kind="prefect",
+                           overrides=[f"{k}={v}" for k, v in changes], flow_run_id=flow_run_id,
+                           enabled=track) as run:
+        env = run.env()
+        for name, stages in groups:
+            if name == "evaluate":
+                runner = ThreadPoolTaskRunner(max_workers=max(1, eval_concurrency))
+                evaluate_benchmarks.with_options(task_runner=runner)(stages, str(root), env, force)
+            elif name == "download":
+                retrying = run_stage.with_options(retries=download_retries, retry_jitter_factor=0.5,
+                                                  retry_delay_seconds=exponential_backoff(download_retry_delay))
+                for future in [retrying.submit(s, str(root), env, force) for s in stages]:
+                    future.result()
+            else:
+                for stage in stages:
+                    run_stage(stage, str(root), env, force)
+        if rest:  # anything the groups did not cover (a stage added to dvc.yaml later) runs here, in DVC's order
+            dvc.run_dvc(["repro"], root=root, env=dvc.tool_env(env), on_line=_log_line(get_run_logger()))
+        run.record(root, with_report=complete)
+        rows = _publish(run, root, mlflow_ui, with_report=complete)
+    return {"mlflow_run_id": run.run_id, "benchmarks": rows, "up_to_date": False}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -9,16 +9,32 @@ The deployment runs in this process, one flow run at a time (two runs in one che
 for params.yaml); trigger extra runs from the UI ("Run" on the deployment) or with
 ``prefect deployment run tcl-pipeline/nightly``. Ctrl-C stops serving. The overrides are validated
 against params.yaml first: a bad one is one line on stderr and exit status 2, nothing is served.
+
+Prefect names a deployment by flow and name: serving a name that ``prefect.yaml`` deploys
+(``nightly-pool``, ``steps-sweep-pool``) would silently replace that deployment, and ``prefect deploy
+--all`` this one, so such a name is refused (exit status 2).
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
+
+import yaml
 
 from pipelines.overrides import add_override_arguments
 
 PROG = "serve"
+
+
+def pool_deployment_names(prefect_yaml: Path) -> list[str]:
+    """The deployment names ``prefect deploy --all`` creates from ``prefect_yaml`` (none if it is missing)."""
+    try:
+        data = yaml.safe_load(prefect_yaml.read_text()) or {}
+    except (OSError, yaml.YAMLError):
+        return []
+    return [str(d["name"]) for d in data.get("deployments") or [] if isinstance(d, dict) and "name" in d]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -37,6 +53,11 @@ def main(argv: list[str] | None = None) -> int:
 
     from .flow import PROJECT_ROOT, checked_overrides, tcl_pipeline
 
+    if args.name in (taken := pool_deployment_names(PROJECT_ROOT / "prefect.yaml")):
+        print(f"{PROG}: error: deployment name {args.name!r} is one of prefect.yaml's ({', '.join(taken)}); "
+              "serving it would replace that deployment (and prefect deploy --all this one): pick another --name",
+              file=sys.stderr)
+        return 2
     try:  # as each scheduled run will, so that a typo fails now, not at 03:00
         checked_overrides(PROJECT_ROOT, args.overrides, args.overrides_file)
     except TCLError as err:

@@ -63,15 +63,29 @@ class PipelineConfig:
     """
 
     experiment: str = "tcl"  # MLflow experiment of the pipeline's parent run (stage runs nest under it)
-    nproc_per_node: int = 1  # torchrun processes of the train stage (one per GPU; 1 on a CPU)
+    # torchrun processes of the train stage: a number, or "auto" = this machine's GPU count (1 without a GPU;
+    # torchrun's own "auto" would start one process per CPU core there). See local_world_size().
+    nproc_per_node: int | str = "auto"
     baselines: tuple[str, ...] = BASELINES  # stage baseline@<benchmark>-<baseline> each
     coco_object: dict[str, CocoObjectConversion] = field(default_factory=dict)  # convert_coco_object@<name>
     register_name: str = "tcl"  # MLflow registered model that the final checkpoint becomes a version of
     register_alias: str = "champion"  # alias moved to the newest registered version
 
+    def local_world_size(self, gpus: int | None = None) -> int:
+        """The number of train processes on this machine: ``nproc_per_node``, or for ``auto`` the GPU count
+        (``gpus``, else ``torch.cuda.device_count()``), at least 1."""
+        if self.nproc_per_node != "auto":
+            return int(self.nproc_per_node)
+        if gpus is None:
+            import torch  # only here: reading the configuration must not need torch
+
+            gpus = torch.cuda.device_count()
+        return max(1, gpus)
+
     def __post_init__(self) -> None:
         require(bool(self.experiment), "experiment", "must be set")
-        require(self.nproc_per_node >= 1, "nproc_per_node", "must be >= 1", self.nproc_per_node)
+        require(self.nproc_per_node == "auto" if isinstance(self.nproc_per_node, str) else self.nproc_per_node >= 1,
+                "nproc_per_node", "must be >= 1 or auto (the machine's GPU count)", self.nproc_per_node)
         require(bool(self.baselines) and all(b in BASELINES for b in self.baselines)
                 and len(set(self.baselines)) == len(self.baselines), "baselines",
                 f"one or both of {', '.join(BASELINES)} (the report compares the trained model with them), "

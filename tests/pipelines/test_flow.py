@@ -16,6 +16,7 @@ import pytest
 import yaml
 
 from pipelines import dvc_cli
+from pipelines.overrides import parse_overrides, write_overrides
 
 from .conftest import REPO, TINY, copy_project, init_repo, run_python
 
@@ -97,6 +98,7 @@ def test_flow_runs_each_stage_through_dvc_with_retries_a_concurrency_limit_and_a
     from pipelines.flow import tcl_pipeline
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    before = (scratch / "params.yaml").read_text()
     state = tcl_pipeline(project_root=str(scratch), eval_concurrency=2, download_retries=2, download_retry_delay=0.2,
                          overrides=["prepare_clip.steps=5"], return_state=True)
     assert state.is_completed(), state.message
@@ -109,22 +111,57 @@ def test_flow_runs_each_stage_through_dvc_with_retries_a_concurrency_limit_and_a
     assert runs["download@a"].run_count == 2 and runs["download@b"].run_count == 2  # retried after the failure
     messages = [log.message for log in logs]
     assert "connection reset" in messages and "step 2 of 2" in messages  # stage output streamed to Prefect
+    assert all(message.strip() for message in messages)  # DVC's blank lines around each stage are dropped
 
     spans = sorted(tuple(map(float, p.read_text().split())) for p in (scratch / "times").iterdir())
     at_once = max(sum(1 for s, e in spans if s <= start < e) for start, _ in spans)
     assert len(spans) == 3 and at_once <= 2
 
-    assert dvc_cli.stale_stages(scratch) == []  # dvc.lock records everything the flow ran
-    assert yaml.safe_load((scratch / "params.yaml").read_text())["prepare_clip"]["steps"] == 5  # override written
+    lock = yaml.safe_load((scratch / "dvc.lock").read_text())
+    assert lock["stages"]["train"]["params"]["params.yaml"]["prepare_clip.steps"] == 5  # the run used the override
+    assert (scratch / "params.yaml").read_text() == before  # and did not leave it behind
+    assert dvc_cli.stale_stages(scratch) == ["train"]  # so the next plain run trains the file's value again
     assert [row["benchmark"] for row in result["benchmarks"]] == ["x", "y", "z"]
     keys = {a.key: a for a in artifacts}
     assert keys["tcl-benchmarks"].type == "table" and keys["tcl-report"].type == "markdown"
+    table = json.loads(keys["tcl-benchmarks"].data)
+    assert [row["benchmark"] for row in table] == ["x", "y", "z", "mean"] and table[-1]["miou"] == 11.0
     assert f"#/experiments/1/runs/{result['mlflow_run_id']}" in keys["tcl-mlflow-run"].data  # a link artifact
 
     parent = MlflowClient(f"sqlite:///{scratch / 'mlflow.db'}").get_run(result["mlflow_run_id"])
     assert parent.info.status == "FINISHED" and parent.data.tags["pipeline.kind"] == "prefect"
     assert parent.data.tags["prefect.flow_run_id"] == str(state.state_details.flow_run_id)
     assert parent.data.metrics["x.miou"] == 11.0
+
+    # An orchestrator SIGKILLed with prepare_clip.steps=13 written (the train command fails on 13) leaves it behind;
+    # the next plain nightly restores params.yaml before reading it, trains the file's steps and says so.
+    crash = ("import os, signal, sys; from pipelines.params_backup import overrides_applied\n"
+             "with overrides_applied(sys.argv[1], [('prepare_clip.steps', 13)]):\n"
+             "    os.kill(os.getpid(), signal.SIGKILL)\n")
+    assert run_python(["-c", crash, str(scratch)], REPO).returncode == -9
+    assert yaml.safe_load((scratch / "params.yaml").read_text())["prepare_clip"]["steps"] == 13
+    nightly = tcl_pipeline(project_root=str(scratch), return_state=True)
+    assert nightly.is_completed(), nightly.message
+    assert (scratch / "params.yaml").read_text() == before
+    # the one after has nothing to do and records nothing
+    lock = yaml.safe_load((scratch / "dvc.lock").read_text())
+    default = yaml.safe_load(before)["prepare_clip"]["steps"]
+    assert lock["stages"]["train"]["params"]["params.yaml"]["prepare_clip.steps"] == default != 5
+    client = MlflowClient(f"sqlite:///{scratch / 'mlflow.db'}")
+    second = client.get_run(nightly.result()["mlflow_run_id"])
+    assert second.data.tags["pipeline.overrides"] == "(none)"
+    parents = "tags.tcl.run_name = 'pipeline'"
+    runs_before = client.search_runs(["1"], "", max_results=1000)
+    idle = tcl_pipeline(project_root=str(scratch), return_state=True)
+    assert idle.is_completed() and idle.result() == {"mlflow_run_id": None, "benchmarks": [], "up_to_date": True}
+    assert len(client.search_runs(["1"], parents)) == 2  # no third parent run ...
+    assert len(client.search_runs(["1"], "", max_results=1000)) == len(runs_before)  # ... nor any other run
+    for _ in range(60):  # Prefect ships log records in batches: wait (bounded) for the run's line to arrive
+        _, idle_logs, idle_artifacts = _flow_run(idle.state_details.flow_run_id)
+        if any("up to date" in log.message for log in idle_logs):
+            break
+        time.sleep(0.5)
+    assert idle_artifacts == [] and any("the pipeline is up to date" in log.message for log in idle_logs)
 
 
 def test_a_failing_stage_fails_the_flow_and_bad_parameters_fail_before_any_stage(scratch, monkeypatch):
@@ -198,8 +235,9 @@ def test_flow_on_the_real_stages_then_dvc_finds_nothing_to_do(tmp_path, monkeypa
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     root = copy_project(tmp_path / "project")
+    write_overrides(root / "params.yaml", parse_overrides(TINY))  # the project's own parameters: they stay
     start = time.monotonic()
-    state = tcl_pipeline(project_root=str(root), overrides=TINY, until="convert_coco_object", return_state=True)
+    state = tcl_pipeline(project_root=str(root), until="convert_coco_object", return_state=True)
     assert state.is_completed(), state.message
     print(f"flow up to convert_coco_object: {time.monotonic() - start:.1f} s")
     assert len(list((root / "data/synthetic/shards").glob("synthetic-*.tar"))) == 3  # 48 pairs, 16 per shard
@@ -237,6 +275,17 @@ def test_serve_refuses_bad_overrides_in_one_line_before_serving(monkeypatch, cap
     assert served == []
 
 
+def test_serve_refuses_a_name_that_prefect_yaml_deploys(monkeypatch, capsys):
+    from pipelines import serve
+    from pipelines.flow import tcl_pipeline
+
+    served = []
+    monkeypatch.setattr(type(tcl_pipeline), "serve", lambda self, **kwargs: served.append(kwargs))
+    assert serve.main(["--name", "nightly-pool"]) == 2
+    [line] = capsys.readouterr().err.splitlines()
+    assert line.startswith("serve: error: deployment name 'nightly-pool' is one of prefect.yaml's") and served == []
+
+
 def test_prefect_yaml_deploys_the_flow_on_a_schedule(tmp_path):
     """`prefect deploy --all` with prefect.yaml against the harness's API: the deployment exists, scheduled."""
     from prefect.settings import PREFECT_API_URL
@@ -246,8 +295,12 @@ def test_prefect_yaml_deploys_the_flow_on_a_schedule(tmp_path):
     assert pool.returncode == 0 or "already exists" in pool.stdout, pool.stdout + pool.stderr
     deployed = run_python(["-m", "prefect", "--no-prompt", "deploy", "--all"], REPO, env)
     assert deployed.returncode == 0, deployed.stdout + deployed.stderr
-    shown = run_python(["-m", "prefect", "deployment", "inspect", "tcl-pipeline/nightly"], REPO, env)
+    shown = run_python(["-m", "prefect", "deployment", "inspect", "tcl-pipeline/nightly-pool"], REPO, env)
     assert shown.returncode == 0 and "0 3 * * *" in shown.stdout, shown.stdout + shown.stderr
+    # the served deployment's name is not one of them, so deploying never replaces it (nor serving, these)
+    from pipelines.serve import pool_deployment_names
+
+    assert "nightly" not in pool_deployment_names(REPO / "prefect.yaml") == ["nightly-pool", "steps-sweep-pool"]
 
 
 def test_stages_are_grouped_in_dvc_order_with_evaluations_together():

@@ -9,8 +9,10 @@ import sys
 import time
 
 import pytest
+import yaml
 
 from pipelines import dvc_cli
+from pipelines.overrides import parse_overrides, write_overrides
 
 from .conftest import TINY, copy_project, run_python
 
@@ -32,8 +34,10 @@ def test_whole_pipeline_through_prefect_then_dvc_then_an_experiment(tmp_path, mo
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     root = copy_project(tmp_path / "project")
+    # the project's own parameters (a flow run's overrides would be undone after it, see pipelines.params_backup)
+    write_overrides(root / "params.yaml", parse_overrides(TINY_FULL))
     start = time.monotonic()
-    state = tcl_pipeline(project_root=str(root), overrides=TINY_FULL, return_state=True)
+    state = tcl_pipeline(project_root=str(root), return_state=True)
     assert state.is_completed(), state.message
     print(f"tiny pipeline through Prefect: {time.monotonic() - start:.0f} s")
     result = state.result()
@@ -61,6 +65,7 @@ def test_whole_pipeline_through_prefect_then_dvc_then_an_experiment(tmp_path, mo
     assert swept.returncode == 0, swept.stdout[-3000:] + swept.stderr[-3000:]
     assert "three-steps" in _exp_show(root)  # a DVC experiment, comparable with dvc exp show
     assert json.loads((root / "metrics/train.json").read_text())["step"] == 3
+    assert yaml.safe_load((root / "params.yaml").read_text())["train"]["steps"] == 2  # the override did not stay
     parents = client.search_runs([experiment], "tags.tcl.run_name = 'pipeline'")
     assert len(parents) == 2 and {p.data.tags["pipeline.kind"] for p in parents} == {"prefect",
                                                                                       "dvc exp run (three-steps)"}

@@ -129,11 +129,13 @@ class PipelineRun:
         return env
 
     def ui_url(self, base: str = "http://127.0.0.1:5000") -> str | None:
-        """The run's page in an ``mlflow ui`` served at ``base``."""
+        """The run's page in an ``mlflow ui`` served at ``base`` (on the model-training view: :func:`ui_url`)."""
+        from tcl.tracking import ui_url
+
         experiment_id = getattr(self.tracker, "experiment_id", None)
         if not self.run_id or not experiment_id:
             return None
-        return f"{base.rstrip('/')}/#/experiments/{experiment_id}/runs/{self.run_id}"
+        return ui_url(base, experiment_id, self.run_id)
 
     def record(self, root: str | os.PathLike, with_report: bool = True) -> dict[str, float]:
         """Log the execution's outcome on the parent run; returns the metrics logged. ``with_report``:

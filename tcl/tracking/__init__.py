@@ -30,6 +30,8 @@ _WHERE = {
     "RUN_NAME_TAG": "context",
     "RUN_LABEL_TAG": "context",
     "run_label": "context",
+    "ui_url": "context",
+    "UI_VIEW": "context",
     "dvc_experiment": "context",
     "KIND_TAG": "context",
     "OVERRIDES_TAG": "context",

@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 
 __all__ = ["find_project_root", "default_tracking_uri", "resolve_tracking_uri", "run_tags", "run_label",
-           "display_name", "dvc_experiment", "PARENT_RUN_ENV", "PREFECT_FLOW_RUN_ENV", "STAGE_ENV", "RUN_NAME_TAG",
+           "display_name", "ui_url", "UI_VIEW", "dvc_experiment", "PARENT_RUN_ENV", "PREFECT_FLOW_RUN_ENV", "STAGE_ENV", "RUN_NAME_TAG",
            "RUN_LABEL_TAG", "KIND_TAG", "OVERRIDES_TAG", "PARENT_RUN_NAME", "INHERITED_TAGS", "PER_RUN_TAGS",
            "ARTIFACT_FOLDER", "artifact_folder"]
 
@@ -163,3 +163,16 @@ def display_name(name: str, label: str | None) -> str:
     """The MLflow run name: ``train · 3f5b2db · steps=400`` (just ``name`` without a label), so runs
     overlaid in one chart can be told apart."""
     return NAME_SEPARATOR.join(part for part in (name, label) if part)
+
+
+#: The query that opens MLflow's UI on the model-training view. MLflow 3.17's UI shows every experiment
+#: in its GenAI view (traces, "0 traces") unless the page's URL asks otherwise: the experiment's
+#: ``mlflow.experimentKind`` tag alone does not change that (seen in headless Chromium with MLflow
+#: 3.17.2, tests/tracking/test_mlflow_ui.py), and the choice is not remembered from one URL to the next.
+UI_VIEW = "workflowType=machine_learning"
+
+
+def ui_url(base: str, experiment_id: str, run_id: str | None = None) -> str:
+    """The page of an experiment (or of one of its runs) in an MLflow UI served at ``base``, opening on the runs."""
+    page = f"{base.rstrip('/')}/#/experiments/{experiment_id}"
+    return f"{page}/runs/{run_id}?{UI_VIEW}" if run_id else f"{page}/runs?{UI_VIEW}"

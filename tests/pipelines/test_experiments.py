@@ -58,7 +58,7 @@ def test_a_sweep_keeps_the_baseline_and_the_workspace_gets_it_back(tmp_path, mon
                       timeout=1500)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     # 2. committed: what the recipe adds is all that the run left uncommitted
-    git(root, "add", "params.yaml", "dvc.lock", "metrics")
+    git(root, "add", "params.yaml", "dvc.lock", "metrics", "models/clip/metrics.json")
     git(root, "commit", "-qm", "Default run")
     assert git(root, "status", "--porcelain") == ""
     baseline_model, baseline_report = _sha(model), json.loads((root / "metrics/report/report.json").read_text())
@@ -97,7 +97,7 @@ def test_a_sweep_keeps_the_baseline_and_the_workspace_gets_it_back(tmp_path, mon
     assert max(len(line) for line in lines) < 87
 
     # 5. the workspace back to the baseline: its parameters, lock, metrics and model
-    git(root, "checkout", "--", "params.yaml", "dvc.lock", "metrics")
+    git(root, "checkout", "--", "params.yaml", "dvc.lock", "metrics", "models/clip/metrics.json")
     _dvc(root, "checkout")
     assert _sha(model) == baseline_model
     assert json.loads((root / "metrics/report/report.json").read_text()) == baseline_report

@@ -17,7 +17,8 @@ import sys
 from pathlib import Path
 
 __all__ = ["find_project_root", "default_tracking_uri", "resolve_tracking_uri", "run_tags", "run_label",
-           "display_name", "ui_url", "UI_VIEW", "dvc_experiment", "PARENT_RUN_ENV", "PREFECT_FLOW_RUN_ENV", "STAGE_ENV", "RUN_NAME_TAG",
+           "display_name", "ui_url", "UI_VIEW", "dvc_experiment", "PARENT_RUN_ENV", "PREFECT_FLOW_RUN_ENV",
+           "STAGE_ENV", "RUN_NAME_TAG",
            "RUN_LABEL_TAG", "KIND_TAG", "OVERRIDES_TAG", "PARENT_RUN_NAME", "INHERITED_TAGS", "PER_RUN_TAGS",
            "ARTIFACT_FOLDER", "artifact_folder"]
 

@@ -40,6 +40,7 @@ exp-show: $(STAMP)
 mlflow-ui: $(STAMP)
 	# a copied or moved project: point the store's artifact locations at this folder first (tcl.tracking.relocate)
 	if [ -f mlflow.db ]; then $(PY) -m tcl.tracking.relocate mlflow.db; fi
+	@echo "open http://127.0.0.1:5000/#/experiments?workflowType=machine_learning (the runs, not MLflow's GenAI view)"
 	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db --host 127.0.0.1 --port 5000
 
 # DVC's plots page with vega inside it (draws with no network): dvc_plots/index.html, like `dvc plots show`.

@@ -40,7 +40,9 @@ exp-show: $(STAMP)
 mlflow-ui: $(STAMP)
 	# a copied or moved project: point the store's artifact locations at this folder first (tcl.tracking.relocate)
 	if [ -f mlflow.db ]; then $(PY) -m tcl.tracking.relocate mlflow.db; fi
-	@echo "open http://127.0.0.1:5000/#/experiments?workflowType=machine_learning (the runs, not MLflow's GenAI view)"
+	@if [ -f mlflow.db ]; then $(PY) -c "import mlflow; from tcl.config import load_params; from tcl.tracking import ui_url; \
+	  e = mlflow.MlflowClient('sqlite:///$(CURDIR)/mlflow.db').get_experiment_by_name(load_params().pipeline.experiment); \
+	  print('open', ui_url('http://127.0.0.1:5000', e.experiment_id) if e else 'http://127.0.0.1:5000')"; fi
 	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db --host 127.0.0.1 --port 5000
 
 # DVC's plots page with vega inside it (draws with no network): dvc_plots/index.html, like `dvc plots show`.

@@ -53,9 +53,11 @@ def test_a_sweep_keeps_the_baseline_and_the_workspace_gets_it_back(tmp_path, mon
     root = copy_project(tmp_path / "project")
     model = root / "models/tcl/best.pt"
 
-    # 1. the default run (here: tiny, its -S values written into params.yaml as make run writes them)
-    done = run_python(["-m", "pipelines.run", "--no-tracking", *[a for o in TINY_FULL for a in ("-S", o)]], root,
-                      timeout=1500)
+    # 1. the default run (here: tiny; the project's params.yaml is the tiny one, as -S lasts for one run only)
+    from pipelines.overrides import parse_overrides, write_overrides
+
+    write_overrides(root / "params.yaml", parse_overrides(TINY_FULL))
+    done = run_python(["-m", "pipelines.run", "--no-tracking"], root, timeout=1500)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     # 2. committed: what the recipe adds is all that the run left uncommitted
     git(root, "add", "params.yaml", "dvc.lock", "metrics", "models/clip/metrics.json")

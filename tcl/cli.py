@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from functools import partial
@@ -149,6 +150,7 @@ def _settings_line(what: str, options, source: str, args) -> str:
 def _registered_predictor(args):
     """The predictor of the registered model ``args.model`` with the user's flags applied."""
     import mlflow
+    import mlflow.artifacts
     from mlflow.exceptions import MlflowException
 
     from .errors import TCLError
@@ -159,9 +161,12 @@ def _registered_predictor(args):
         raise TCLError("--clip-weights does not apply to --model (the registered model stores its CLIP)")
     print(f"loading {args.model} from {uri} ...", flush=True)
     start = time.perf_counter()
-    mlflow.set_tracking_uri(uri)
     try:
-        loaded = mlflow.pyfunc.load_model(args.model, model_config={"device": args.device})
+        # fetched with the store named explicitly, then loaded from the copy: mlflow.set_tracking_uri would
+        # change the URI of every later MLflow call in this process (the model is in memory once loaded)
+        with tempfile.TemporaryDirectory(prefix="tcl-model-") as local:
+            fetched = mlflow.artifacts.download_artifacts(args.model, dst_path=local, tracking_uri=uri)
+            loaded = mlflow.pyfunc.load_model(fetched, model_config={"device": args.device})
     except (MlflowException, OSError) as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise TCLError(f"cannot load --model {args.model} from {uri}: {first} (list the registered models in the "

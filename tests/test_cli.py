@@ -192,3 +192,8 @@ def test_no_model_or_an_unknown_registered_model_is_one_line(tmp_path, monkeypat
     err = printed.strip().splitlines()[-1]  # (after MLflow's own log lines, creating the store)
     assert err.startswith(f"tcl: error: cannot load --model models:/tcl@champion from sqlite:///{tmp_path}/mlflow.db: ")
     assert err.endswith("(list the registered models in the MLflow UI, `make mlflow-ui`)")
+    # --model names the store for its own call only: later MLflow calls in the process still follow the environment
+    import mlflow
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'elsewhere.db'}")
+    assert mlflow.get_tracking_uri() == f"sqlite:///{tmp_path / 'elsewhere.db'}"

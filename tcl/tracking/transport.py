@@ -37,9 +37,10 @@ __all__ = ["HTTP_LIMITS", "EXPERIMENT_KIND_TAG", "EXPERIMENT_KIND", "TrackingWar
 HTTP_LIMITS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
                "MLFLOW_HTTP_REQUEST_BACKOFF_JITTER": "0.5", "MLFLOW_HTTP_REQUEST_TIMEOUT": "60"}
 
-#: The experiment tag MLflow 3's UI reads to pick its layout, and the value of its "custom model
-#: development" kind (the JS bundle's ``ExperimentKind.CUSTOM_MODEL_DEVELOPMENT``). Without it, MLflow
-#: 3.x may open an experiment in GenAI mode ("0 traces") and hide the training runs behind a pop-up.
+#: The experiment tag MLflow 3's UI reads to pick an experiment's layout, and the value of its "custom
+#: model development" kind (the JS bundle's ``ExperimentKind.CUSTOM_MODEL_DEVELOPMENT``). MLflow 3.17's
+#: UI reads it only when its GenAI / model-training switch is off; with the switch (the default there)
+#: the page's address decides, which is why the project's links carry :data:`tcl.tracking.UI_VIEW`.
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 EXPERIMENT_KIND = "custom_model_development"
 

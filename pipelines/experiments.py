@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pipelines.runner import run_command
 from tcl.errors import TCLError
 
 __all__ = ["REPORT", "ExpRow", "rows_from_exp_show", "changed_params", "render_table", "exp_show_json", "main"]
@@ -166,7 +167,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--root", type=Path, default=PROJECT_ROOT, help="project checkout (this one)")
     parser.add_argument("--input", type=Path, metavar="FILE", help="a saved `dvc exp show --json` output")
     args, extra = parser.parse_known_args(argv)
-    try:
+
+    def work() -> None:
         if args.input:
             if extra:
                 raise TCLError(f"--input reads a saved output: {' '.join(extra)} cannot apply to it")
@@ -180,11 +182,8 @@ def main(argv: list[str] | None = None) -> int:
         else:
             data = exp_show_json(args.root, extra)
         print(render_table(rows_from_exp_show(data)), end="")
-    except TCLError as err:
-        print(f"{PROG}: error: {err}", file=sys.stderr)
-        return 2
-    return 0
 
+    return run_command(PROG, work)
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -12,8 +12,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from pipelines.runner import run_command
 from tcl.config import load_params
-from tcl.errors import TCLError
 
 __all__ = ["main"]
 
@@ -22,13 +22,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m pipelines.nproc", description=__doc__.split("\n\n")[0])
     parser.add_argument("--params", default="params.yaml", help="parameter file (params.yaml)")
     args = parser.parse_args(argv)
-    try:
-        print(load_params(args.params).pipeline.local_world_size())
-    except TCLError as err:
-        print(f"nproc: error: {err}", file=sys.stderr)
-        return 2
-    return 0
-
+    return run_command("nproc", lambda: print(load_params(args.params).pipeline.local_world_size()))
 
 if __name__ == "__main__":
     sys.exit(main())

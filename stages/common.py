@@ -5,7 +5,8 @@ arguments end in one line, ``<stage>: error: ... (see --help)``, exit status 2, 
 ``--params``/``-S``/``--set`` are declared once for every stage (``-S``/``--set`` by
 :func:`pipelines.overrides.add_override_arguments`, which ``pipelines/`` uses too).
 
-:func:`run_stage`: runs a stage's work and turns the failures a user can cause or fix into one line
+:func:`run_stage` (:func:`pipelines.runner.run_command`, which the ``pipelines/`` commands use too): runs a
+stage's work and turns the failures a user can cause or fix into one line
 on stderr instead of a traceback — any :class:`tcl.errors.TCLError` (bad parameters, missing or
 hostile input files, data problems) exit 2, a full disk (:class:`tcl.atomic.DiskFullError`, raised by
 every atomic output write) exit 1, Ctrl-C exit 130. A ``TCLError`` that sets ``exit_status`` (e.g.
@@ -19,10 +20,10 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from collections.abc import Callable
 from pathlib import Path
 
 from pipelines.overrides import add_override_arguments
+from pipelines.runner import run_command as run_stage
 
 __all__ = ["StageParser", "add_override_arguments", "run_stage"]
 
@@ -60,32 +61,3 @@ class StageParser(argparse.ArgumentParser):
     def error(self, message: str):
         print(f"{self.prog}: error: {message} (see --help)", file=sys.stderr)
         sys.exit(2)
-
-
-def run_stage(prog: str, work: Callable[[], int | None], *,
-              after_disk_full: Callable[[], str] | None = None,
-              after_interrupt: Callable[[], str] | None = None) -> int:
-    """``work()``'s exit status (``None`` counts as 0), or that of the one line printed for its failure.
-
-    ``after_disk_full`` may return a sentence appended to the disk-full line (e.g. which checkpoint
-    survives and how to resume from it); ``after_interrupt`` one appended to ``<prog>: interrupted``
-    (e.g. that the output was left as it was).
-    """
-    from tcl.atomic import DiskFullError
-    from tcl.errors import TCLError
-
-    try:
-        status = work()
-    except DiskFullError as err:
-        extra = after_disk_full() if after_disk_full else ""
-        print(f"{prog}: error: {err.reason} writing {err.filename} ({err.fix}{'; ' + extra if extra else ''})",
-              file=sys.stderr)
-        return 1
-    except TCLError as err:
-        print(f"{prog}: error: {err}", file=sys.stderr)
-        return getattr(err, "exit_status", 2)
-    except KeyboardInterrupt:
-        extra = after_interrupt() if after_interrupt else ""
-        print(f"{prog}: interrupted{': ' + extra if extra else ''}", file=sys.stderr)
-        return 130
-    return 0 if status is None else status

@@ -7,7 +7,7 @@ export OMP_WAIT_POLICY ?= PASSIVE
 # Prefect's temporary local server (make flow, the tests) needs ~20 s to start on 2 busy cores.
 export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS ?= 120
 
-.PHONY: run flow exp-show mlflow-ui plots test test-all lint venv clean-venv
+.PHONY: run flow exp-show mlflow-ui plots test test-all test-scale scale-system lint venv clean-venv
 
 venv: $(STAMP)
 
@@ -51,10 +51,22 @@ plots: $(STAMP)
 	$(PY) -m pipelines.plots $(ARGS)
 
 test: $(STAMP)
-	$(PY) -m pytest -q -m "not slow"
+	$(PY) -m pytest -q -m "not slow and not scale"
 
 test-all: $(STAMP)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -m "not scale"
+
+# The scale-out suite (docs/operations.md#scale-out): every path past one machine on its real engine, locally.
+# Installs what it needs: the `scale` extra into .venv and Java + PostgreSQL from Debian when missing.
+test-scale: $(STAMP) scale-system
+	$(PY) -m pip install -q -e '.[dev,scale]'
+	$(PY) -m pip uninstall -y -q dataclasses
+	$(PY) -m pytest -q -m scale tests/scale --durations=0
+
+# Debian packages of the scale-out suite; apt runs only when one is missing.
+scale-system:
+	@if ! command -v java >/dev/null || ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then \
+	  apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q default-jre-headless postgresql; fi
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -366,22 +366,23 @@ def resume_check(params, clip_dir: Path, work: Path, runtime: Runtime, profile: 
                        f"{len(uninterrupted) - len(steady) + 1}-{steps}")
 
     interrupted: list[dict] = []
-    holder: dict = {}
 
     def stop_after(line: str) -> None:  # a SIGTERM as a scheduler sends it, once step `stop` is logged
         if line.startswith(f"step {stop}/"):
+            if signal.getsignal(signal.SIGTERM) in (signal.SIG_DFL, None):  # it would kill this process
+                raise RuntimeError("Trainer.run does not handle SIGTERM: the stop-and-resume check cannot run")
             signal.raise_signal(signal.SIGTERM)
 
-    holder["stopped"] = trainer("resumed", "none", log=stop_after)
-    record_steps(holder["stopped"], interrupted)
-    summary = holder["stopped"].run()
-    stopped_at = holder["stopped"].step
+    stopped = trainer("resumed", "none", log=stop_after)
+    record_steps(stopped, interrupted)
+    summary = stopped.run()
+    stopped_at = stopped.step
     resumed = trainer("resumed", "auto")
     restored = (resumed.step == stopped_at
-                and _same_tensors(trainable_state(resumed.model), trainable_state(holder["stopped"].model))
-                and _same_tensors(_moments(resumed.optimizer), _moments(holder["stopped"].optimizer))
-                and resumed.stream_state.to_dict() == holder["stopped"].stream_state.to_dict())
-    del holder["stopped"]
+                and _same_tensors(trainable_state(resumed.model), trainable_state(stopped.model))
+                and _same_tensors(_moments(resumed.optimizer), _moments(stopped.optimizer))
+                and resumed.stream_state.to_dict() == stopped.stream_state.to_dict())
+    del stopped  # one model on the device at a time
     record_steps(resumed, interrupted)
     resumed.run()
     del resumed

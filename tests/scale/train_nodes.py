@@ -16,9 +16,10 @@ import time
 from pathlib import Path
 
 __all__ = ["REPO", "torchrun_command", "node_env", "free_port", "Node", "start_node", "descendants", "kill_node",
-           "stop_nodes", "wait_nodes", "wait_for_text"]
+           "stop_nodes", "wait_nodes", "wait_for_text", "two_node_args", "start_two_nodes", "assert_succeeded"]
 
 REPO = Path(__file__).resolve().parents[2]
+RUN_TIMEOUT = 480  # seconds for one tiny run on 2 loaded cores (a run takes about a minute)
 
 
 def torchrun_command() -> list[str]:
@@ -131,3 +132,23 @@ def wait_for_text(nodes: list[Node], text: str, timeout: float) -> Node:
         time.sleep(0.05)
     logs = "\n".join(f"--- {node.name}\n{node.text()[-2000:]}" for node in nodes)
     raise AssertionError(f"no {text!r} within {timeout:.0f} s:\n{logs}")
+
+
+def two_node_args(port: int, run_id: str) -> list[str]:
+    """docs/operations.md's multi-node launch, with 127.0.0.1 for the first node's host name and one process
+    per node. No --node-rank: the c10d rendezvous numbers the nodes itself (torchrun ignores it there)."""
+    return ["--nnodes", "2", "--nproc-per-node", "1", "--rdzv-backend", "c10d", "--rdzv-endpoint",
+            f"127.0.0.1:{port}", "--rdzv-id", run_id]
+
+
+def start_two_nodes(cwd: Path, script: list[str], run_id: str, logs: Path) -> list[Node]:
+    """The same command on both "nodes", as a user runs it on every machine (logs: logs/node0.log, node1.log)."""
+    port = free_port()
+    return [start_node(f"node {i}", [*two_node_args(port, run_id), *script], cwd, logs / f"node{i}.log")
+            for i in (0, 1)]
+
+
+def assert_succeeded(nodes: list[Node], timeout: float = RUN_TIMEOUT) -> None:
+    codes = wait_nodes(nodes, timeout)
+    assert codes == [0] * len(nodes), "\n".join(f"--- {n.name}: {n.proc.returncode}\n{n.text()[-3000:]}"
+                                                for n in nodes)

@@ -7,10 +7,12 @@ The remotes are real DVC remotes: a local folder, and an S3 bucket on a local S3
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -134,8 +136,8 @@ def test_s3_remote_on_a_local_s3_server_push_then_pull(ran_project, tmp_path):
         assert "<Key>project/files/md5/" in listing  # the objects are in the bucket, in DVC's layout
         assert_pulled_clone_is_up_to_date(ran_project, tmp_path / "clone", env=env)
     finally:
-        with _suppress():
-            os.killpg(server.pid, 9)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(server.pid, signal.SIGKILL)  # the server leads its own group (start_new_session)
         server.wait(timeout=30)
 
 
@@ -149,12 +151,6 @@ def _wait_for_http(url: str, server: subprocess.Popen, timeout: float) -> None:
         except OSError:
             time.sleep(0.5)
     raise AssertionError(f"no S3 server at {url} after {timeout:.0f} s")
-
-
-def _suppress():
-    import contextlib
-
-    return contextlib.suppress(ProcessLookupError)
 
 
 def stages_run(repro_output: str) -> set[str]:

@@ -153,15 +153,19 @@ def tcl_pipeline(overrides: list[str] | None = None, overrides_file: str | None 
         missing = missing_inputs(params, root)  # as make run: every missing input before any stage starts
         if missing:
             raise ConfigError(f"{len(missing)} input(s) missing: " + " | ".join(missing))
-        groups = stage_groups(dvc.stage_names(root))
-        if until is not None and until not in (names := [name for name, _ in groups]):
+        # The base names do not depend on params.yaml (only the @items do): `until` is checked before it is written.
+        names = [name for name, _ in stage_groups(dvc.stage_names(root))]
+        if until is not None and until not in names:
             raise ConfigError(f"until={until!r} is not a stage of dvc.yaml (stages: {', '.join(names)})")
-        if until is not None:
-            groups = groups[:[name for name, _ in groups].index(until) + 1]
         # The overrides hold for this flow run only: params.yaml is put back however it ends (pipelines.params_backup).
         with overrides_applied(root, changes, command=name, say=logger.warning):
             if changes:
                 logger.info("params.yaml overrides for this run: %s", ", ".join(f"{k}={v!r}" for k, v in changes))
+            # Expanded with the overrides written: evaluate.benchmarks=[...] or pipeline.baselines=[...] change the
+            # foreach stages (evaluate@..., baseline@...) that exist in this run.
+            groups = stage_groups(dvc.stage_names(root))
+            if until is not None:
+                groups = groups[:[name for name, _ in groups].index(until) + 1]
             if not force and not dvc.stale_stages(root, [s for _, stages in groups for s in stages]):
                 # a nightly with nothing to do records nothing: no MLflow parent run, no artifacts
                 logger.info("the pipeline is up to date (dvc status): nothing to do, nothing recorded")

@@ -187,6 +187,26 @@ def test_a_failing_stage_fails_the_flow_and_bad_parameters_fail_before_any_stage
     assert parent.info.status == "FAILED"
 
 
+def test_an_override_of_a_foreach_list_runs_the_stages_it_expands_to(scratch):
+    """pipeline.baselines=[...] (or evaluate.benchmarks=[...]) for one flow run: the run has the baseline@
+    stages of the overridden list, not those of the file (whose names dvc.yaml no longer has then)."""
+    from pipelines.flow import tcl_pipeline
+
+    # the scratch synthetic stage (it makes the inputs the flow checks for) and one foreach stage: fast
+    baseline = {"foreach": "${pipeline.baselines}", "do": {"cmd": "echo ${item} > baseline_${item}.txt",
+                                                            "outs": ["baseline_${item}.txt"]}}
+    stages = {"synthetic": DVC_YAML["stages"]["synthetic"], "baseline": baseline}
+    (scratch / "dvc.yaml").write_text(yaml.safe_dump({"stages": stages}, sort_keys=False))
+    assert yaml.safe_load((scratch / "params.yaml").read_text())["pipeline"]["baselines"] == ["step0", "maskclip"]
+    state = tcl_pipeline(project_root=str(scratch), overrides=["pipeline.baselines=[maskclip]"], track=False,
+                         return_state=True)
+    assert state.is_completed(), state.message
+    task_runs, _, _ = _flow_run(state.state_details.flow_run_id)
+    stages_run = {run.name for run in task_runs} - {"evaluate-benchmarks-0"}  # (the subflow's own task run)
+    assert stages_run == {"synthetic", "baseline@maskclip"}
+    assert (scratch / "baseline_maskclip.txt").is_file() and not (scratch / "baseline_step0.txt").exists()
+
+
 def test_missing_inputs_fail_the_flow_before_params_or_stages(scratch):
     """As make run: the paper setting on a machine without its data fails at once, naming what is missing."""
     from pipelines.flow import tcl_pipeline

@@ -56,23 +56,24 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for repeat in range(args.repeats):
             folder = Path(tmp) / f"r{repeat}"
-            (computed, record), seconds = _timed(lambda: tc.text_embedding(model, names, args.template, folder))
+            (computed, record), seconds = _timed(lambda f=folder: tc.text_embedding(model, names, args.template, f))
             assert record["cache"] == "miss", record
             times["miss"].append(seconds)
             tc._DIGESTS.clear()  # as a fresh process: the tower is hashed again
             _, seconds = _timed(lambda: tc.text_tower_digest(model.clip))
             times["digest"].append(seconds)
             tc._DIGESTS.clear()
-            (cached, record), seconds = _timed(lambda: tc.text_embedding(model, names, args.template, folder))
+            (cached, record), seconds = _timed(lambda f=folder: tc.text_embedding(model, names, args.template, f))
             assert record["cache"] == "hit", record
             assert torch.equal(cached, computed), "the cached embedding differs from the computed one"
             times["hit"].append(seconds)
-            (_, record), seconds = _timed(lambda: tc.text_embedding(model, names, args.template, folder))
+            (_, record), seconds = _timed(lambda f=folder: tc.text_embedding(model, names, args.template, f))
             times["hit_memoised"].append(seconds)
             print(f"repeat {repeat}: " + ", ".join(f"{k} {v[-1]:.3f} s" for k, v in times.items()), flush=True)
     medians = {key: statistics.median(values) for key, values in times.items()}
     prompts = len(names) * len(get_templates(args.template))
-    case = f"text embeddings {len(names)} classes x {args.template} ({prompts} prompts) {args.model} cpu x{args.threads}"
+    case = (f"text embeddings {len(names)} classes x {args.template} ({prompts} prompts) {args.model} "
+            f"cpu x{args.threads}")
     ratio = medians["hit"] / medians["miss"]
     spread = (min(times["hit"]) / max(times["miss"]), max(times["hit"]) / min(times["miss"]))
     print(f"{case}: ours (cache hit) {medians['hit']:.3f} s, reference (computed) {medians['miss']:.1f} s, "

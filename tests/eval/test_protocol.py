@@ -84,6 +84,11 @@ def test_windows_of_several_images_are_batched(tmp_path, oracle_for):
     # 6 windows per image: images 0+1 give 12 windows (8 + 4), image 2 alone 6
     assert oracle.window_batches == [8, 4, 6]
     assert result["num_images"] == 3 and result["images_per_s"] > 0
+    # the throughput fields count what was scored: 18 windows, 6 per image
+    assert result["num_windows"] == 18 and result["seconds"] > 0
+    assert result["windows_per_s"] == pytest.approx(6 * result["images_per_s"], rel=1e-3)
+    assert (result["precision"], result["device"]) == ("fp32", "cpu")
+    assert result["text_embedding"]["cache"] == "off"  # the colour predictor has no CLIP text tower to hash
 
 
 def test_data_loader_workers_give_the_same_numbers(tmp_path, oracle_for):

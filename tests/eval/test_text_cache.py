@@ -12,7 +12,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from tcl.eval import Protocol, Protocols, evaluate_benchmark, sweep_bg_thresh
 from tcl.eval import text_cache as tc
+
+from .conftest import tiny_config, write_layout
 
 REPO = Path(__file__).resolve().parents[2]
 NAMES = ["cat", "dog", "grass"]
@@ -32,6 +35,35 @@ def test_a_cached_embedding_is_bit_identical_and_skips_the_text_tower(tiny_tcl, 
     assert record["cache"] == "hit" and again.dtype == torch.float32
     assert torch.equal(again, computed)
     assert [p.name for p in tmp_path.iterdir()] == [Path(record["file"]).name]  # no temporaries left
+
+
+def _scores(result: dict) -> dict:
+    return {key: result[key] for key in ("miou", "aacc", "macc", "per_class_iou", "per_class_acc", "num_images")}
+
+
+def test_an_evaluation_reads_its_embeddings_back_with_the_same_numbers(tiny_tcl, tmp_path):
+    """A real TCL on a tiny VOC: the first evaluation stores the embeddings under evaluate.text_cache
+    (relative to the root), later ones (and the threshold sweep) read them; every number equals the
+    uncached evaluation's."""
+    write_layout(tmp_path, "voc", images=3)
+    geometry = Protocol(short_side=32, long_side=64, crop=32, stride=16)  # the tiny CLIP's 32-px windows
+    config = tiny_config(protocols=Protocols(paper=geometry, synthetic=geometry), text_cache="cache/text")
+    uncached = evaluate_benchmark(tiny_tcl, "voc", tiny_config(text_cache=None, protocols=config.protocols),
+                                  root=tmp_path, print_table=False)
+    assert uncached["text_embedding"]["cache"] == "off" and not (tmp_path / "cache").exists()
+    first = evaluate_benchmark(tiny_tcl, "voc", config, root=tmp_path, print_table=False)
+    second = evaluate_benchmark(tiny_tcl, "voc", config, root=tmp_path, print_table=False)
+    assert [first["text_embedding"]["cache"], second["text_embedding"]["cache"]] == ["miss", "hit"]
+    assert Path(first["text_embedding"]["file"]).parent == tmp_path / "cache/text"
+    assert _scores(first) == _scores(second) == _scores(uncached)
+    sweep = sweep_bg_thresh(tiny_tcl, "voc", config, [0.4], root=tmp_path)
+    assert sweep["text_embedding"]["cache"] == "hit" and sweep["candidates"][0.4] == first["miou"]
+    for result in (first, sweep):  # the throughput fields of every result
+        assert result["num_images"] == 3 and result["num_windows"] >= result["num_images"]
+        assert result["windows_per_s"] >= result["images_per_s"] > 0 and result["seconds"] > 0
+        assert result["windows_per_s"] == pytest.approx(
+            result["images_per_s"] * result["num_windows"] / result["num_images"], rel=1e-3)
+        assert (result["precision"], result["device"]) == ("fp32", "cpu")
 
 
 def test_the_key_covers_text_weights_classes_templates_and_dtype(tiny_tcl, tmp_path):
@@ -135,7 +167,7 @@ def test_concurrent_writers_never_expose_a_partial_file(tmp_path):
     expected = torch.randn(ROWS, 512, generator=torch.Generator().manual_seed(0))
     tc.write_entry(tmp_path / "reference.safetensors", key, expected)
     complete = (tmp_path / "reference.safetensors").read_bytes()
-    writers = [subprocess.Popen([sys.executable, "-c", WRITER, str(path), "40", str(ROWS)], cwd=REPO,
+    writers = [subprocess.Popen([sys.executable, "-c", WRITER, str(path), "20", str(ROWS)], cwd=REPO,
                                 env={**os.environ, "PYTHONPATH": str(REPO)}) for _ in range(2)]
     reads = partial = 0
     try:

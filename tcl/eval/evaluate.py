@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -47,20 +48,22 @@ def _device_of(model) -> torch.device:
     return tensor.device
 
 
-def _to_input(model, rgb: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """HWC uint8 RGB tensor (from :func:`_collate`) → ImageNet-normalised RGB [1, 3, H, W] on ``device``."""
-    rgb = rgb.to(device, non_blocking=True)  # from pinned memory on a GPU: the copy overlaps the work queued
+def _to_input(model, rgb: np.ndarray | torch.Tensor, device: torch.device) -> torch.Tensor:
+    """HWC uint8 RGB (from :func:`_collate`) → ImageNet-normalised RGB [1, 3, H, W] on ``device``."""
+    rgb = torch.as_tensor(rgb).to(device, non_blocking=True)  # pinned on a GPU: the copy overlaps queued work
     return model.normalize(rgb.permute(2, 0, 1)[None].float() / 255.0)
 
 
-def _collate(items: list[dict]) -> list[dict]:
-    """In the worker: the BGR → RGB flip and the tensors the main process copies to the device
-    (``rgb`` uint8 [H, W, 3] in place of the BGR ``image``, ``gt_tensor`` int64), so that it only
-    launches work; the ``gt`` array stays for the overlays."""
+def _collate(items: list[dict], tensors: bool = False) -> list[dict]:
+    """In the worker: the BGR → RGB flip (``rgb`` in place of ``image``) and the int64 ground truth
+    (``gt_tensor``; the ``gt`` array stays for the overlays), so that the main process only launches
+    work. ``tensors``: as torch tensors, which the loader can pin for asynchronous copies to a GPU;
+    else as arrays (a tensor crosses from a worker through shared memory, slower than a pickled array
+    for small images, and on the CPU there is nothing to pin)."""
     for item in items:
         if "error" not in item:
-            item["rgb"] = torch.from_numpy(np.ascontiguousarray(item.pop("image")[..., ::-1]))
-            item["gt_tensor"] = torch.from_numpy(item["gt"].astype(np.int64))
+            rgb, gt = np.ascontiguousarray(item.pop("image")[..., ::-1]), item["gt"].astype(np.int64)
+            item["rgb"], item["gt_tensor"] = (torch.from_numpy(rgb), torch.from_numpy(gt)) if tensors else (rgb, gt)
     return items
 
 
@@ -90,8 +93,9 @@ def _run(model, bench: Benchmark, config: EvalConfig, thresholds: list[float | N
     # One pass over the data: persistent workers would only outlive it. Pinned batches let the
     # host-to-GPU copies run asynchronously; the default prefetch (2 batches a worker) keeps a batch
     # decoded ahead of the one being scored.
+    on_gpu = device.type == "cuda"
     loader = DataLoader(samples, batch_size=config.image_batch, num_workers=config.num_workers,
-                        collate_fn=_collate, persistent_workers=False, pin_memory=device.type == "cuda")
+                        collate_fn=partial(_collate, tensors=on_gpu), persistent_workers=False, pin_memory=on_gpu)
     totals = [AreaTotals(classes) for _ in thresholds]
     overlays, done, windows = [], 0, 0
     start = time.perf_counter()
@@ -106,7 +110,7 @@ def _run(model, bench: Benchmark, config: EvalConfig, thresholds: list[float | N
             kp_w=settings.kp_w, bg_thresh=None, window_batch=config.window_batch,
             precision=precision)
         for item, score in zip(batch, scores, strict=True):
-            gt = item["gt_tensor"].to(device, non_blocking=True)
+            gt = torch.as_tensor(item["gt_tensor"]).to(device, non_blocking=True)
             for total, thresh in zip(totals, thresholds, strict=True):
                 pred = labels_at(with_background(score, thresh), tuple(gt.shape))
                 total.add(pred, gt)

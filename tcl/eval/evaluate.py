@@ -86,6 +86,9 @@ def _run(model, bench: Benchmark, config: EvalConfig, thresholds: list[float | N
     device = _device_of(model)
     cache = None if config.text_cache is None else Path(root) / config.text_cache
     text_emb, text_record = text_embedding(model, names, settings.template, cache, device)  # once per benchmark
+    if text_record["file"] is not None and Path(text_record["file"]).is_relative_to(root):
+        # as the parameters name it: results are committed, the project's absolute path is nobody's business
+        text_record["file"] = str(Path(text_record["file"]).relative_to(root))
     precision = resolve_precision(config.precision, device)
     count = len(dataset) if limit is None else min(limit, len(dataset))
     rank, world = get_rank(), get_world_size()

@@ -90,7 +90,9 @@ def test_every_result_records_its_throughput_precision_and_device(project, capsy
         assert (result["precision"], result["device"]) == ("fp32", "cpu")
         assert (result["settings"]["precision"], result["settings"]["precision_requested"]) == ("fp32", "fp32")
     assert [r["text_embedding"]["cache"] for r in runs] == ["miss", "hit"]
-    assert [p.parent for p in map(Path, (r["text_embedding"]["file"] for r in runs))] == [cache, cache]
+    files = [Path(r["text_embedding"]["file"]) for r in runs]
+    assert [p.parent for p in files] == [Path(".cache/text_embeddings")] * 2  # as params.yaml names it
+    assert (project / runs[1]["text_embedding"]["file"]).parent == cache
     assert runs[0]["per_class_iou"] == runs[1]["per_class_iou"] and runs[0]["miou"] == runs[1]["miou"]
 
 

@@ -16,7 +16,8 @@ Model: a training checkpoint or the official tcl.pth (--checkpoint), or, as base
 features ("maskclip": the KP branch alone, kp_w 1, no PAMR). Protocol, settings and data roots come
 from the evaluate section of params.yaml (data roots are relative to its folder, the project root;
 --setting switches official / no_pamr). Writes, per benchmark,
---out (default <out-dir>/<benchmark>.json: mIoU, aAcc, per-class IoU, settings, images/s) and a
+--out (default <out-dir>/<benchmark>.json: mIoU, aAcc, per-class IoU, settings, images/s and windows/s,
+the precision and device) and a
 few image | ground truth | prediction panels (--overlays), prints mmseg's per-class table, and logs the
 same to MLflow as a child run of the training run when known (--parent-run-id, env
 TCL_MLFLOW_PARENT_RUN_ID, or the run recorded in the checkpoint).
@@ -77,10 +78,11 @@ def _log_mlflow(args, result: dict, model_info: dict, parent: str | None) -> Non
     # Baselines get their own names, so that the trained model's eval-<benchmark> runs stand apart.
     kind = model_info.get("baseline")
     name = f"baseline-{kind}-{result['benchmark']}" if kind else f"eval-{result['benchmark']}"
-    tags = {"benchmark": result["benchmark"], "model_kind": kind or "tcl"}
+    tags = {"benchmark": result["benchmark"], "model_kind": kind or "tcl", "precision": result["precision"]}
     with RunTracker.start(name, parent_run_id=args.parent_run_id or parent, stage="evaluate", tags=tags) as tracker:
         tracker.log_params({"benchmark": result["benchmark"], "model": model_info, "evaluate": result["settings"]})
-        metrics = {key: result[key] for key in ("miou", "aacc", "macc", "images_per_s", "seconds", "num_images")}
+        metrics = {key: result[key] for key in ("miou", "aacc", "macc", "images_per_s", "windows_per_s", "seconds",
+                                                "num_images", "num_windows")}
         metrics.update({f"iou/{name}": value for name, value in result["per_class_iou"].items()})
         tracker.log_metrics({k: v for k, v in metrics.items() if v is not None})
         tracker.log_dict(result, f"eval/{result['benchmark']}.json")
@@ -110,7 +112,9 @@ def _evaluate(model, bench, config, model_info: dict, args, out: Path, root: Pat
     if runtime.is_main:
         write_json_atomic(out, result)
         print(f"{bench.name}: mIoU {result['miou']} aAcc {result['aacc']} on {result['num_images']} images, "
-              f"{result['images_per_s']:.2f} images/s -> {out}", flush=True)
+              f"{result['images_per_s']:.2f} images/s, {result['windows_per_s']:.2f} windows/s, {result['precision']} "
+              f"on {result['device']} (text embeddings: cache {result['text_embedding']['cache']}) -> {out}",
+              flush=True)
         if args.mlflow:
             _log_mlflow(args, result, model_info, train_run)
 

@@ -87,6 +87,8 @@ class EvalConfig:
     num_workers: int = 2  # data-loader processes (decode + resize)
     precision: str = "fp32"  # fp32 | bf16 | fp16 autocast (GPU option, checked against fp32)
     overlays: int = 4  # qualitative image | ground truth | prediction panels per benchmark
+    # class text embeddings cached here (relative to the project root; null: no cache), see tcl.eval.text_cache
+    text_cache: str | None = ".cache/text_embeddings"
 
     def __post_init__(self) -> None:
         require(self.setting in SETTINGS, "setting", f"must be one of {', '.join(SETTINGS)}", self.setting)
@@ -106,6 +108,8 @@ class EvalConfig:
             require(getattr(self, name) >= low, name, f"must be >= {low}", getattr(self, name))
         require(self.precision in PRECISIONS, "precision", f"must be one of {', '.join(PRECISIONS)}", self.precision)
         require(self.overlays >= 0, "overlays", "must be >= 0", self.overlays)
+        require(self.text_cache is None or self.text_cache.strip() != "", "text_cache",
+                "must be a folder (or null: no cache)", self.text_cache)
 
     def settings(self, protocol: str = "paper") -> InferenceSettings:
         """The setting's preset with this config's explicit overrides applied, and the window geometry

@@ -34,5 +34,5 @@ def labels_at(scores: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
         else:
             better = channel > best  # strict: ties keep the lower index, as torch.argmax does
             best = torch.where(better, channel, best)
-            labels[better] = index
+            labels.masked_fill_(better, index)  # (not labels[better] = ...: a boolean index syncs a GPU)
     return labels

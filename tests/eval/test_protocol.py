@@ -84,6 +84,11 @@ def test_windows_of_several_images_are_batched(tmp_path, oracle_for):
     # 6 windows per image: images 0+1 give 12 windows (8 + 4), image 2 alone 6
     assert oracle.window_batches == [8, 4, 6]
     assert result["num_images"] == 3 and result["images_per_s"] > 0
+    # the throughput fields count what was scored: 18 windows, 6 per image
+    assert result["num_windows"] == 18 and result["seconds"] > 0
+    assert result["windows_per_s"] == pytest.approx(6 * result["images_per_s"], rel=1e-3)
+    assert (result["precision"], result["device"]) == ("fp32", "cpu")
+    assert result["text_embedding"]["cache"] == "off"  # the colour predictor has no CLIP text tower to hash
 
 
 def test_data_loader_workers_give_the_same_numbers(tmp_path, oracle_for):
@@ -139,3 +144,26 @@ def test_per_class_table_is_printed(tmp_path, oracle_for):
 
 def test_layouts_cover_every_real_benchmark():
     assert set(LAYOUTS) == {"voc", "context", "coco_stuff", "coco_object", "cityscapes", "ade20k"}
+
+
+def test_the_gpu_loaders_tensors_give_the_same_input_as_the_cpu_loaders_arrays(tmp_path, oracle_for):
+    """On a GPU the workers hand over (pinnable) tensors, on the CPU arrays: the model sees the same input."""
+    import torch
+
+    from tcl.eval.datasets import EvalSamples, build_dataset
+    from tcl.eval.evaluate import _collate, _to_input
+
+    layout = write_layout(tmp_path, "voc")
+    config = tiny_config()
+    dataset = build_dataset(get_benchmark("voc"), config.data_roots, config.protocols.paper, tmp_path)
+    oracle = oracle_for(layout)
+    arrays = _collate([EvalSamples(dataset, [0, 1])[i] for i in range(2)])
+    tensors = _collate([EvalSamples(dataset, [0, 1])[i] for i in range(2)], tensors=True)
+    for a, t in zip(arrays, tensors, strict=True):
+        assert isinstance(a["rgb"], np.ndarray) and isinstance(t["rgb"], torch.Tensor) and "image" not in a
+        cpu = torch.device("cpu")
+        assert torch.equal(_to_input(oracle, a["rgb"], cpu), _to_input(oracle, t["rgb"], cpu))
+        assert torch.equal(torch.as_tensor(a["gt_tensor"]), t["gt_tensor"]) and t["gt_tensor"].dtype == torch.int64
+        # the RGB image the original code made from mmcv's BGR decode
+        bgr = EvalSamples(dataset, [a["index"]])[0]["image"]
+        assert np.array_equal(a["rgb"], bgr[..., ::-1])

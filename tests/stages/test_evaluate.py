@@ -68,6 +68,34 @@ def test_step0_baseline_writes_metrics_and_overlays(project, capsys):
     assert f"voc: mIoU {result['miou']}" in stdout
 
 
+def test_every_result_records_its_throughput_precision_and_device(project, capsys):
+    """The JSON of a real (tiny) evaluation: images/s and windows/s, consistent with the counts; the
+    precision and device; the text embeddings stored under evaluate.text_cache at the first run, read
+    back at the next with the same numbers."""
+    cache = project / ".cache/text_embeddings"  # the default, relative to the project root
+    shutil.rmtree(cache, ignore_errors=True)
+    runs = []
+    for name in ("first", "second"):
+        out = project / f"throughput/{name}.json"
+        code, stdout, _ = run_stage(project, capsys, "--benchmark", "voc", "--clip", project / "models/clip",
+                                    "--baseline", "step0", "--out", out, "--overlays", "")
+        assert code == 0
+        runs.append(json.loads(out.read_text()))
+        assert "windows/s, fp32 on cpu" in stdout
+    for result in runs:
+        assert result["num_images"] == 3 and result["num_windows"] >= result["num_images"]
+        assert result["seconds"] > 0 and result["windows_per_s"] >= result["images_per_s"] > 0
+        assert result["windows_per_s"] == pytest.approx(
+            result["images_per_s"] * result["num_windows"] / result["num_images"], rel=1e-3)
+        assert (result["precision"], result["device"]) == ("fp32", "cpu")
+        assert (result["settings"]["precision"], result["settings"]["precision_requested"]) == ("fp32", "fp32")
+    assert [r["text_embedding"]["cache"] for r in runs] == ["miss", "hit"]
+    files = [Path(r["text_embedding"]["file"]) for r in runs]
+    assert [p.parent for p in files] == [Path(".cache/text_embeddings")] * 2  # as params.yaml names it
+    assert (project / runs[1]["text_embedding"]["file"]).parent == cache
+    assert runs[0]["per_class_iou"] == runs[1]["per_class_iou"] and runs[0]["miou"] == runs[1]["miou"]
+
+
 def test_maskclip_baseline_and_no_pamr_switch(project, capsys):
     out = project / "metrics/eval/voc20.json"
     code, _, _ = run_stage(project, capsys, "--benchmark", "voc20", "--clip", project / "models/clip", "--baseline",

@@ -308,3 +308,28 @@ def test_ray_failures_are_one_line(url_list, tmp_path):
         assert done.stderr.strip().startswith(expected), (name, done.stderr)
         assert not (tmp_path / name).exists(), name
         print(f"ray failure {name}: {time.monotonic() - start:.1f} s")
+
+
+def test_spark_submit_master_is_kept(url_list, reference, tmp_path):
+    """Under ``spark-submit --master ...`` the job runs on that master (img2dataset alone replaced it by local[N])."""
+    spark_submit = Path(sys.executable).parent / "spark-submit"
+    if not spark_submit.is_file():
+        pytest.skip("spark-submit is not beside this interpreter")
+    out = tmp_path / "submitted"
+    env = _stage_env(PYSPARK_PYTHON=sys.executable)  # spark-submit's driver and workers: this interpreter
+    proc = subprocess.Popen([str(spark_submit), "--master", "local[1]", "--conf", "spark.ui.enabled=false",
+                             "--conf", "spark.driver.host=127.0.0.1", "--conf", "spark.driver.bindAddress=127.0.0.1",
+                             STAGE, "--list", str(url_list), "--out", str(out), "--samples-per-shard",
+                             str(SAMPLES_PER_SHARD), "--processes", "2", "--threads", "2", "--image-size", "32",
+                             "--timeout", "20", "--distributor", "pyspark", "--stats", str(tmp_path / "s.json")],
+                            cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+    try:
+        output, _ = proc.communicate(timeout=600)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(30)
+    assert proc.returncode == 0, output[-3000:]
+    assert "img2dataset on Spark: master local[1], 1 cores" in output, output[-3000:]
+    _assert_same_as_reference(out, json.loads((tmp_path / "s.json").read_text()), reference)

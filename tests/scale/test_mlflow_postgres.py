@@ -116,6 +116,7 @@ def test_pipeline_runs_on_an_mlflow_server_with_postgresql(tmp_path, monkeypatch
         assert champion.version == (registered["version"] if registered["alias_moved"] else "1")
         monkeypatch.setenv("MLFLOW_TRACKING_URI", server.uri)  # what load_model reads; no global state set
         began = time.monotonic()
+        (tmp_path / "model").mkdir()
         model = mlflow.pyfunc.load_model("models:/tcl@champion", dst_path=str(tmp_path / "model"))
         import pandas as pd
 

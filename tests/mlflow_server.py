@@ -24,15 +24,18 @@ def free_port() -> int:
 class MlflowServer:
     """An ``mlflow server`` subprocess (own process group: it spawns uvicorn workers) on a fixed port."""
 
-    def __init__(self, folder: Path):
+    def __init__(self, folder: Path, backend_store_uri: str | None = None):
+        """``backend_store_uri``: a database URL (``postgresql://...``); the default is a SQLite file in ``folder``.
+        Artifacts are served by the server (proxied) from ``folder/artifacts``."""
         self.folder, self.port = folder, free_port()
+        self.backend_store_uri = backend_store_uri or f"sqlite:///{folder / 'server.db'}"
         self.uri = f"http://127.0.0.1:{self.port}"
         self.proc: subprocess.Popen | None = None
 
     def start(self, wait_s: float = 120.0) -> None:
         cmd = [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(self.port),
-               "--workers", "1", "--backend-store-uri", f"sqlite:///{self.folder / 'server.db'}",
-               "--artifacts-destination", str(self.folder / "artifacts")]
+               "--workers", "1", "--backend-store-uri", self.backend_store_uri,
+               "--artifacts-destination", str(self.folder / "artifacts"), "--serve-artifacts"]
         env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}  # no job-runner processes
         log = open(self.folder / "server.log", "ab")  # noqa: SIM115 - owned by the child process
         self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)

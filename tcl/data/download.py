@@ -41,7 +41,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import importlib.util
 import inspect
 import io
 import json
@@ -55,6 +54,7 @@ import tempfile
 import threading
 import time
 import types
+import weakref
 from collections import Counter
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -63,6 +63,7 @@ from typing import Any
 import pyarrow.parquet as pq
 
 from ..atomic import write_text_atomic
+from ..compat.distributors import check_engine, distributor_engine
 from .config import DISTRIBUTORS, ENCODE_FORMATS, IMG2DATASET_RESERVED, RESIZE_MODES, DownloadSource
 from .url_lists import DownloadError, read_url_list, rewrite_relative_urls, serve_directory
 
@@ -256,9 +257,13 @@ def _guarded_logger_process_class() -> type:
     from img2dataset.logger import LoggerProcess
 
     class _GuardedLoggerProcess(LoggerProcess):
+        #: the instances of this process, for _img2dataset_signals to stop the one a failed download left running
+        instances: weakref.WeakSet = weakref.WeakSet()
+
         def __init__(self, *args: Any, **kwargs: Any) -> None:
             super().__init__(*args, **kwargs)
             self.tcl_parent = os.getpid()
+            self.instances.add(self)
 
         def run(self) -> None:
             exec(_DIE_WITH_PARENT, {"PARENT": self.tcl_parent})
@@ -321,10 +326,7 @@ def _file_sha256(path: Path) -> str:
 def _check_environment(distributor: str, extra: Mapping[str, Any]) -> None:
     """What :class:`DownloadSource` cannot check by itself: the distributor's package, that img2dataset knows
     the ``extra`` arguments (reserved ones are refused by DownloadSource already)."""
-    if distributor != "multiprocessing" and importlib.util.find_spec(distributor) is None:
-        # img2dataset's ray distributor silently does nothing without ray; pyspark fails mid-run.
-        raise DownloadError(f"distributor {distributor!r} needs the {distributor} package, which is not "
-                            f"installed (pip install {distributor})")
+    check_engine(distributor)  # the package imports; for ray, a cluster answers
     if not extra:
         return
     from img2dataset import download  # a 4 s import (torch, wandb): only when there is something to check
@@ -387,6 +389,12 @@ def _img2dataset_signals() -> Iterator[None]:
     except SystemExit as err:
         raise KeyboardInterrupt("img2dataset was interrupted") from err
     finally:
+        # img2dataset joins its logger process only after a distributor that returned: after one that raised
+        # (a failed Spark job) it would still be starting when this process exits, and print a traceback
+        for logger in list(sys.modules[__name__]._GuardedLoggerProcess.instances):
+            if logger.pid is not None and logger.is_alive():
+                logger.terminate()
+                logger.join(10)
         for name, value in real.items():
             setattr(i2d_main, name, value)
         for signum, handler in previous.items():
@@ -476,6 +484,8 @@ def download_shards(source: DownloadSource, *, stats_path: str | os.PathLike | N
                                     args=(work, output_dir, prefix, stop, promote_interval, source.sort_samples))
         try:
             with contextlib.ExitStack() as stack:
+                # a SparkSession or Ray connection that does what the docs say (see tcl.compat.distributors)
+                stack.enter_context(distributor_engine(source.distributor, source.processes_count))
                 if serve_root is not None:
                     table = rewrite_relative_urls(table, stack.enter_context(serve_directory(serve_root)))
                 pq.write_table(table, input_file)

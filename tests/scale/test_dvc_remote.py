@@ -158,7 +158,7 @@ def stages_run(repro_output: str) -> set[str]:
 
 
 def test_multi_node_stages_by_hand_then_dvc_commit_as_operations_md_says(ran_project, tmp_path):
-    """docs/operations.md#scale-out: train and evaluate on two nodes by hand (the stages' own commands under
+    """docs/scale-out.md: train and evaluate on two nodes by hand (the stages' own commands under
     torchrun), record them with ``dvc commit -f``, then ``dvc repro`` runs only what follows them."""
     from pipelines.overrides import parse_overrides, write_overrides
 

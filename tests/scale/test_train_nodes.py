@@ -1,7 +1,7 @@
 """Paths 1 and 2 of the scale-out suite: training and evaluation on two torchrun "nodes" on 127.0.0.1.
 
 Each node is its own torchrun launcher with one gloo process, joined through torchrun's c10d rendezvous
-exactly as docs/operations.md#scale-out tells users (there: a host name instead of 127.0.0.1). The stages
+exactly as docs/scale-out.md tells users (there: a host name instead of 127.0.0.1). The stages
 are the project's own command lines as dvc.yaml runs them (stages/train.py, stages/evaluate.py), with
 MLflow tracking into each project's ./mlflow.db, on tiny shards and a tiny CLIP.
 """

@@ -24,7 +24,7 @@ from torch.utils.data import DataLoader
 from ..errors import ConfigError
 from ..inference.scores import labels_at, with_background
 from ..inference.sliding import sliding_window_scores_many
-from ..runtime import get_rank, get_world_size, is_distributed
+from ..runtime import get_rank, get_world_size, is_distributed, resolve_precision
 from ..visualize import save_atomic
 from .benchmarks import Benchmark, get_benchmark
 from .config import EvalConfig, Protocol
@@ -78,7 +78,7 @@ def _run(model, bench: Benchmark, config: EvalConfig, thresholds: list[float | N
         scores = sliding_window_scores_many(
             model, images, text_emb, crop=settings.crop, stride=settings.stride, apply_pamr=settings.pamr,
             kp_w=settings.kp_w, bg_thresh=None, window_batch=config.window_batch,
-            precision=config.precision)
+            precision=resolve_precision(config.precision, device, inference=True))
         for item, score in zip(batch, scores, strict=True):
             gt = torch.from_numpy(item["gt"].astype(np.int64)).to(device)
             for total, thresh in zip(totals, thresholds, strict=True):
@@ -113,7 +113,8 @@ def _settings_record(bench: Benchmark, config: EvalConfig, info: dict, bg_thresh
         "setting": config.setting, "pamr": settings.pamr, "bg_thresh": bg_thresh, "kp_w": settings.kp_w,
         "template": settings.template, "short_side": settings.short_side, "long_side": settings.long_side,
         "crop": settings.crop, "stride": settings.stride, "with_background": bench.with_background,
-        "reduce_zero_label": bool(info["dataset"].reduce_zero_label), "precision": config.precision,
+        "reduce_zero_label": bool(info["dataset"].reduce_zero_label),
+        "precision": resolve_precision(config.precision, info["device"], inference=True),
         "window_batch": config.window_batch, "image_batch": config.image_batch, "num_workers": config.num_workers,
         "world_size": get_world_size(), "device": str(info["device"]), "dataset": bench.dataset,
         "data_root": getattr(config.data_roots, bench.root), "split": bench.split or None,

@@ -166,7 +166,9 @@ def conv3x3_winograd(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor |
     p = F.pad(x, (0, 0, 1, 1 + 2 * tw - width, 1, 1 + 2 * th - height))
     v = _WinogradInput.apply(p, th, tw).reshape(batch * th * tw, 16, channels)
     kernels = winograd_kernels(weight) if kernels is None else kernels
-    m = _grouped_matmul(v, kernels.to(v.dtype), 16).reshape(batch, th, tw, 4, 4, -1)
+    # under autocast the products come back in bf16/fp16: the output transform and the residual stream
+    # stay in the input's precision, as the reference's ``x + tanh(g)·conv(...)`` promotes back to it
+    m = _grouped_matmul(v, kernels.to(v.dtype), 16).to(x.dtype).reshape(batch, th, tw, 4, 4, -1)
     y = _WinogradOutput.apply(m).reshape(batch, 2 * th, 2 * tw, -1)
     if 2 * th != height or 2 * tw != width:
         y = y[:, :height, :width]
@@ -186,7 +188,7 @@ def upsample_conv3x3_polyphase(z: torch.Tensor, weight: torch.Tensor,
     batch, h, w, _ = z.shape
     padded = F.pad(z, (0, 0, 1, 1, 1, 1)).permute(0, 3, 1, 2)  # NCHW shape, channels_last strides
     kernels = polyphase_kernels(weight) if kernels is None else kernels
-    out = F.conv2d(padded, kernels.to(padded.dtype))  # [B, 4K, h+1, w+1]
+    out = F.conv2d(padded, kernels.to(padded.dtype)).to(z.dtype)  # [B, 4K, h+1, w+1] (autocast: back to z's)
     out = out.permute(0, 2, 3, 1).contiguous()  # [B, h+1, w+1, 4K] (a no-op for channel-last output)
     k = out.shape[-1] // 4
     sb, si, sj = out.stride()[:3]
@@ -268,12 +270,12 @@ class UpsampleStage(nn.Module):
         # the 2×2 block + tanh(g1)·polyphase; one pass over the full-size map (addcmul)
         g1 = torch.tanh(b1.gate)
         y = upsample_conv3x3_polyphase(b1.activation(x), b1.conv.weight, b1.kernels("polyphase"))
-        base = (x + g1 * b1.conv.bias.to(x.dtype))[:, :, None, :, None]
-        x = torch.addcmul(base.to(y.dtype), y, g1.to(y.dtype)).reshape(batch, 2 * h, 2 * w, channels)
+        base = (x + g1 * b1.conv.bias)[:, :, None, :, None]
+        x = torch.addcmul(base, y, g1).reshape(batch, 2 * h, 2 * w, channels)
         # block 2: a full 3×3 convolution, by Winograd; bias in place on the fresh output
         y = conv3x3_winograd(b2.activation(x), b2.conv.weight, kernels=b2.kernels("winograd"))
-        y = y.add_(b2.conv.bias.to(y.dtype))
-        return torch.addcmul(x.to(y.dtype), y, torch.tanh(b2.gate).to(y.dtype))
+        y = y.add_(b2.conv.bias)
+        return torch.addcmul(x, y, torch.tanh(b2.gate))
 
 
 class GatedDecoder(nn.Module):

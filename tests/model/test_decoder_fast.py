@@ -92,3 +92,16 @@ def test_inference_kernel_cache_follows_the_weights():
         decoder.load_state_dict(_randomised(GatedDecoder(6, 2), seed=2).state_dict())
         fast, reference = decoder(x), decoder(x, reference=True)
     assert (fast - reference).abs().max() <= 1e-5 * reference.abs().max()
+
+
+def test_under_bf16_autocast_the_residual_stream_stays_fp32():
+    """As in the reference (``x + tanh(g)·conv(...)`` promotes back to fp32), only the products are bf16:
+    the fast path's error from the exact result is that of the reference under the same autocast."""
+    decoder = _randomised(GatedDecoder(32, 2))
+    x = torch.randn(2, 32, 5, 6)
+    with torch.no_grad():
+        exact = decoder(x, reference=True)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            fast, reference = decoder(x), decoder(x, reference=True)
+    assert fast.dtype == reference.dtype == torch.float32
+    assert (fast - exact).abs().max() <= 2 * (reference - exact).abs().max()

@@ -8,7 +8,7 @@ Two forward paths compute the same function (``reference=True`` selects the firs
 
 * the *reference* path is the official computation order: nearest ×2 upsampling, then
   LayerNorm → GELU → 3×3 convolution (``nn.Conv2d``) → gate, twice, on channel-first maps;
-* the *fast* path (the default, in training too) is an exact reformulation of it, about 2.25× fewer
+* the *fast* path (the default on CPU, in training too) is an exact reformulation of it, about 2.25× fewer
   multiply-adds in the convolutions, on channel-last maps (LayerNorm over the contiguous last axis,
   no permute copies). Why each step is exact:
 
@@ -25,14 +25,17 @@ Two forward paths compute the same function (``reference=True`` selects the firs
      output tile is ``Aᵀ[(G g Gᵀ) ⊙ (Bᵀ d B)]A`` of its 4×4 input tile ``d``. This is an algebraic
      identity of the convolution (not an approximation); the transforms only add, subtract and halve
      (entries 0, ±1, ±½), so the rounding stays at the fp32 level (≈1e-6 relative). The channel sums
-     become 16 matrix products with 4× fewer multiply-adds per output than the direct 3×3 convolution.
+     become 16 matrix products: 16 multiply-adds per 2×2 output tile instead of 36.
 
-  The parameters are the ``nn.Conv2d`` weights themselves (state-dict keys unchanged; the summed
-  and transformed kernels are recomputed from them on every call), and every operation is a
-  differentiable torch operation, so gradients are those of the direct convolution up to rounding
+  The parameters are the ``nn.Conv2d`` weights themselves (state-dict keys unchanged; the summed and
+  transformed kernels are computed from them in the autograd graph when training, and cached until the
+  weights change at inference). Every step is differentiable: torch operations, and for the two
+  Winograd transforms small autograd functions whose backward is the transposed (equally exact)
+  transform, so gradients are those of the direct convolution up to rounding
   (tests/model/test_decoder_fast.py). The matrix products run as grouped 1×1 convolutions: on this
-  project's CPUs oneDNN's convolution is faster than the BLAS matrix product, and on a GPU it maps to
-  cuDNN; under autocast they run in the autocast dtype like any convolution.
+  project's CPUs oneDNN's convolution is faster than the BLAS matrix product. Under autocast the
+  products run in the autocast dtype like any convolution; the transforms' outputs and the residual
+  stream stay fp32, as in the reference.
 """
 
 from __future__ import annotations
@@ -294,9 +297,13 @@ class GatedDecoder(nn.Module):
 
     def forward(self, x: torch.Tensor, reference: bool | None = None) -> torch.Tensor:
         """[B, C, h, w] → [B, C, h·f, w·f] (f = :attr:`upsample_factor`). The fast path returns a
-        channel-last tensor (``permute`` of a contiguous [B, H, W, C]); ``reference`` (default: the
-        :attr:`reference` attribute) the official order."""
-        if self.reference if reference is None else reference:
+        channel-last tensor (``permute`` of a contiguous [B, H, W, C]); ``reference=True`` runs the official
+        order. By default (``None``) the fast path runs on CPU, where it is measured (benchmarks/window_speed.py),
+        unless :attr:`reference` is set; on GPUs the direct convolutions (cuDNN's own algorithms) are kept
+        until the fast path is measured there (``reference=False`` forces it)."""
+        if reference is None:
+            reference = self.reference or x.device.type != "cpu"
+        if reference:
             for stage in self.stages:
                 x = stage(x, reference=True)
             return x

@@ -52,6 +52,9 @@ def test_fast_decoder_equals_the_reference(height, width, stages):
     fast, reference = decoder(x), decoder(x, reference=True)
     assert fast.shape == reference.shape == (2, 12, height * 2 ** stages, width * 2 ** stages)
     assert (fast - reference).abs().max() <= 1e-5 * reference.abs().max()
+    # on CPU the default is the fast path (its channel-last output), the reference is channel-first
+    assert fast.permute(0, 2, 3, 1).is_contiguous() and reference.is_contiguous()
+    assert torch.equal(decoder(x, reference=False), fast)
     decoder.reference = True  # the attribute selects the reference path too
     assert torch.equal(decoder(x), reference)
 

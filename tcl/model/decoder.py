@@ -8,7 +8,8 @@ Two forward paths compute the same function (``reference=True`` selects the firs
 
 * the *reference* path is the official computation order: nearest ×2 upsampling, then
   LayerNorm → GELU → 3×3 convolution (``nn.Conv2d``) → gate, twice, on channel-first maps;
-* the *fast* path (the default on CPU, in training too) is an exact reformulation of it, about 2.25× fewer
+* the *fast* path (the default for inference on CPU; differentiable, see :meth:`GatedDecoder.forward` for
+  why training keeps the direct path by default) is an exact reformulation of it, about 2.25× fewer
   multiply-adds in the convolutions, on channel-last maps (LayerNorm over the contiguous last axis,
   no permute copies). Why each step is exact:
 
@@ -298,11 +299,15 @@ class GatedDecoder(nn.Module):
     def forward(self, x: torch.Tensor, reference: bool | None = None) -> torch.Tensor:
         """[B, C, h, w] → [B, C, h·f, w·f] (f = :attr:`upsample_factor`). The fast path returns a
         channel-last tensor (``permute`` of a contiguous [B, H, W, C]); ``reference=True`` runs the official
-        order. By default (``None``) the fast path runs on CPU, where it is measured (benchmarks/window_speed.py),
-        unless :attr:`reference` is set; on GPUs the direct convolutions (cuDNN's own algorithms) are kept
-        until the fast path is measured there (``reference=False`` forces it)."""
+        order. By default (``None``) the fast path runs where it is measured to be faster: on CPU without
+        autograd (inference; benchmarks/window_speed.py), unless :attr:`reference` is set. With autograd
+        recording (a training step) the direct convolutions are kept: oneDNN's backward of the grouped
+        products measured slower than the direct convolution's at the training shapes (batch 4, 224 px:
+        ≈1.1–1.8× the reference's forward + backward). On GPUs the direct convolutions (cuDNN's own
+        algorithms) are kept until the fast path is measured there. ``reference=False`` forces the fast
+        path (differentiable, gradients tested against the direct convolution)."""
         if reference is None:
-            reference = self.reference or x.device.type != "cpu"
+            reference = self.reference or x.device.type != "cpu" or torch.is_grad_enabled()
         if reference:
             for stage in self.stages:
                 x = stage(x, reference=True)

@@ -62,6 +62,8 @@ def _add_inference_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS,
                         help=f"refuse larger images (width x height; {DEFAULT_MAX_PIXELS})")
     parser.add_argument("--device", default="cpu", help="torch device (cpu)")
+    parser.add_argument("--precision", help="fp32 (exact; the default), bf16 (faster where the device has native "
+                                            "bf16; labels may differ on a few pixels) or auto (bf16 where native)")
 
 
 def _add_model_options(parser: argparse.ArgumentParser) -> None:
@@ -124,7 +126,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _changes(args) -> dict:
     """The inference options the user gave (flat :class:`~tcl.inference.PredictOptions` names)."""
     changes = {name: getattr(args, name) for name in ("short_side", "long_side", "sliding", "crop", "stride",
-                                                      "pamr", "kp_w", "bg_thresh", "template")
+                                                      "pamr", "kp_w", "bg_thresh", "template", "precision")
                if getattr(args, name) is not None}
     if args.background is False:
         changes["bg_thresh"] = None
@@ -144,7 +146,9 @@ def _settings_line(what: str, options, source: str, args) -> str:
 
     given = sorted(set(_changes(args)) - {"max_pixels"})
     overridden = f"; overridden: {', '.join(given)}" if given else ""
-    return f"{what}; settings: {describe_settings(options.settings, options.sliding)} (from {source}{overridden})"
+    precision = f"; precision {options.precision}" if options.precision != "fp32" else ""
+    return (f"{what}; settings: {describe_settings(options.settings, options.sliding)}{precision} "
+            f"(from {source}{overridden})")
 
 
 def _registered_predictor(args):

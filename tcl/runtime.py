@@ -17,7 +17,7 @@ import torch
 import torch.distributed as dist
 
 __all__ = ["is_distributed", "get_rank", "get_world_size", "gather_cat", "Runtime", "start_runtime",
-           "resolve_precision", "autocast", "make_grad_scaler"]
+           "resolve_precision", "cpu_has_native_bf16", "autocast", "make_grad_scaler"]
 
 
 def is_distributed() -> bool:
@@ -122,12 +122,27 @@ def start_runtime() -> Runtime:
     return Runtime(0, 1, 0, device, False)
 
 
-def resolve_precision(precision: str, device: torch.device) -> str:
-    """``auto``: bf16 on GPUs that support it, fp16 (with a gradient scaler) on older GPUs, fp32 on CPU."""
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU computes bf16 products natively (AVX512-BF16 or AMX), so that bf16 is faster than
+    fp32; oneDNN also *emulates* bf16 on plain AVX-512, which saves nothing."""
+    checks = (getattr(torch.cpu, "_is_avx512_bf16_supported", None), getattr(torch.cpu, "_is_amx_tile_supported", None))
+    return any(check is not None and bool(check()) for check in checks)
+
+
+def resolve_precision(precision: str, device: torch.device, inference: bool = False) -> str:
+    """``auto``: bf16 on GPUs that support it, fp16 (with a gradient scaler) on older GPUs; on CPU fp32 for
+    training and, with ``inference``, bf16 where the CPU has native bf16 (:func:`cpu_has_native_bf16`).
+
+    Training keeps fp32 on CPU (``train.precision: auto`` must not change the CPU pipeline's numbers);
+    inference's ``auto`` is the user asking for speed (``tcl predict --precision auto``,
+    ``evaluate.precision: auto``; what bf16 costs in agreement: docs/evaluation.md).
+    """
     if precision != "auto":
         return precision
     if device.type == "cuda":
         return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    if inference and device.type == "cpu" and cpu_has_native_bf16():
+        return "bf16"
     return "fp32"
 
 

@@ -64,6 +64,16 @@ def test_predict_files_folders_and_urls(tmp_path, tiny_checkpoint, capsys):
     fractions = json.loads((out / "one_fractions.json").read_text())
     assert fractions["classes"] == ["red disc", "blue square"]
 
+    # --precision: bf16 autocast (and auto) run and say so; the labels stay close to fp32's
+    exact = np.asarray(Image.open(out / "one_labels.png"))
+    for precision in ("bf16", "auto"):
+        assert main(["predict", str(tmp_path / "photos" / "one.png"), "--phrases", "red disc, blue square",
+                     "--checkpoint", str(tiny_checkpoint), "--short-side", "64", "--sliding", "--crop", "48",
+                     "--stride", "24", "--no-background", "--no-pamr", "--precision", precision,
+                     "--out", str(out)]) == 0
+        assert f"; precision {precision} " in capsys.readouterr().out
+        assert (np.asarray(Image.open(out / "one_labels.png")) == exact).mean() > 0.95
+
 
 def test_bad_input_gives_one_line_errors(tmp_path, tiny_checkpoint, capsys):
     def error(*argv: str) -> str:
@@ -86,6 +96,8 @@ def test_bad_input_gives_one_line_errors(tmp_path, tiny_checkpoint, capsys):
         f"tcl: error: {tmp_path / 'ok.png'}: image too large (96x72 = 6912 pixels; the limit is 1000)"
     assert error(str(tmp_path / "ok.png"), "--phrases", "cat", *ckpt, "--kp-w", "2") == \
         "tcl: error: kp_w: must be in [0, 1], got 2.0"
+    assert error(str(tmp_path / "ok.png"), "--phrases", "cat", *ckpt, "--precision", "fp64") == \
+        "tcl: error: precision: must be one of fp32, bf16, auto, got 'fp64'"
     # An output folder that cannot be made fails before the model loads (a file is in its way).
     assert error(str(tmp_path / "ok.png"), "--phrases", "cat", *ckpt, "--out", str(tmp_path / "ok.png" / "out")) == \
         f"tcl: error: cannot create output folder {tmp_path / 'ok.png' / 'out'}: {tmp_path / 'ok.png'} is a file, " \

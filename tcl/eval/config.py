@@ -18,7 +18,9 @@ from .benchmarks import BENCHMARKS
 
 __all__ = ["Protocol", "Protocols", "DataRoots", "EvalConfig", "SETTINGS", "PRECISIONS", "BASELINES"]
 
-PRECISIONS = ("fp32", "bf16", "fp16")
+#: ``evaluate.precision``: ``auto`` is resolved for inference by :func:`tcl.runtime.resolve_precision` (bf16
+#: on GPUs and on CPUs with native bf16, else fp32); the training tuple is tcl.train.config.PRECISIONS.
+PRECISIONS = ("fp32", "bf16", "fp16", "auto")
 #: Reference models scored next to the trained TCL on every benchmark: the same model at step 0
 #: (the MaskCLIP-style baseline, as the decoder gates start at 0) and the frozen CLIP's own dense features.
 BASELINES = ("step0", "maskclip")
@@ -85,7 +87,7 @@ class EvalConfig:
     window_batch: int = 16  # sliding windows per forward pass (from one or several images)
     image_batch: int = 4  # images whose windows are batched together
     num_workers: int = 2  # data-loader processes (decode + resize)
-    precision: str = "fp32"  # fp32 | bf16 | fp16 autocast (GPU option, checked against fp32)
+    precision: str = "fp32"  # fp32 (exact) | bf16 | fp16 autocast | auto (bf16 where the device has it natively)
     overlays: int = 4  # qualitative image | ground truth | prediction panels per benchmark
     # class text embeddings cached here (relative to the project root; null: no cache), see tcl.eval.text_cache
     text_cache: str | None = ".cache/text_embeddings"

@@ -89,7 +89,7 @@ def _run(model, bench: Benchmark, config: EvalConfig, thresholds: list[float | N
     if text_record["file"] is not None and Path(text_record["file"]).is_relative_to(root):
         # as the parameters name it: results are committed, the project's absolute path is nobody's business
         text_record["file"] = str(Path(text_record["file"]).relative_to(root))
-    precision = resolve_precision(config.precision, device)
+    precision = resolve_precision(config.precision, device, inference=True)
     count = len(dataset) if limit is None else min(limit, len(dataset))
     rank, world = get_rank(), get_world_size()
     samples = EvalSamples(dataset, list(range(rank, count, world)))

@@ -27,7 +27,7 @@ from .inputs import DEFAULT_MAX_PIXELS, InputError, parse_phrases
 from .segment import Segmentation, segment_image
 from .settings import DEFAULT_SETTINGS, InferenceSettings
 
-__all__ = ["PredictOptions", "Predictor", "load_inference_model", "overlay_image", "label_image",
+__all__ = ["PRECISIONS", "PredictOptions", "Predictor", "load_inference_model", "overlay_image", "label_image",
            "write_outputs"]
 
 
@@ -35,7 +35,8 @@ __all__ = ["PredictOptions", "Predictor", "load_inference_model", "overlay_image
 class PredictOptions:
     """What a service runs with: the :class:`InferenceSettings` plus how it runs them. ``sliding``
     switches from one whole-image pass to the benchmark's windows (``settings.crop`` / ``stride``),
-    ``window_batch`` windows per forward pass; images over ``max_pixels`` are refused.
+    ``window_batch`` windows per forward pass; images over ``max_pixels`` are refused; ``precision``
+    one of :data:`PRECISIONS`.
 
     The settings' fields may also be given flat, ``PredictOptions(short_side=64, bg_thresh=None)``
     (applied to ``settings``, by default :data:`DEFAULT_SETTINGS`), and so may :meth:`replace`'s:
@@ -46,9 +47,10 @@ class PredictOptions:
     sliding: bool
     window_batch: int
     max_pixels: int
+    precision: str
 
     def __init__(self, settings: InferenceSettings = DEFAULT_SETTINGS, sliding: bool = False, window_batch: int = 1,
-                 max_pixels: int = DEFAULT_MAX_PIXELS, **setting_changes) -> None:
+                 max_pixels: int = DEFAULT_MAX_PIXELS, precision: str = "fp32", **setting_changes) -> None:
         require(isinstance(settings, InferenceSettings), "settings", "must be an InferenceSettings", settings)
         unknown = set(setting_changes) - _SETTING_NAMES
         if unknown:  # a misspelt option is the caller's bug, as for any keyword argument
@@ -56,9 +58,10 @@ class PredictOptions:
         if setting_changes:
             settings = dataclasses.replace(settings, **setting_changes)
         for name, value in (("settings", settings), ("sliding", sliding), ("window_batch", window_batch),
-                            ("max_pixels", max_pixels)):
+                            ("max_pixels", max_pixels), ("precision", precision)):
             object.__setattr__(self, name, value)  # frozen: the dataclass way to set fields in __init__
         require(isinstance(self.sliding, bool), "sliding", "must be true or false", self.sliding)
+        require(self.precision in PRECISIONS, "precision", f"must be one of {', '.join(PRECISIONS)}", self.precision)
         require(self.window_batch >= 1, "window_batch", "must be >= 1", self.window_batch)
         require(self.max_pixels >= 1, "max_pixels", "must be >= 1", self.max_pixels)
 
@@ -70,9 +73,14 @@ class PredictOptions:
     def replace(self, **changes) -> PredictOptions:
         """A copy with ``changes`` (flat names, or ``settings``) applied; validated like a new object."""
         current = {"settings": self.settings, "sliding": self.sliding, "window_batch": self.window_batch,
-                   "max_pixels": self.max_pixels}
+                   "max_pixels": self.max_pixels, "precision": self.precision}
         return PredictOptions(**{**current, **changes})
 
+
+#: ``precision``'s choices: fp32 is exact (the default); bf16 runs the networks under bf16 autocast (the
+#: similarities, PAMR and KP stay fp32); auto is bf16 where the device computes it natively, else fp32
+#: (:func:`tcl.runtime.resolve_precision`). What bf16 changes: docs/evaluation.md, *Precision*.
+PRECISIONS = ("fp32", "bf16", "auto")
 
 _SETTING_NAMES = frozenset(f.name for f in dataclasses.fields(InferenceSettings))
 _OWN_NAMES = frozenset(f.name for f in dataclasses.fields(PredictOptions)) - {"settings"}
@@ -126,7 +134,7 @@ class Predictor:
         with self._lock:
             text_emb = self.text_embedding(phrases, options.settings.template)
             return segment_image(self.model, image, phrases, text_emb, options.settings, sliding=options.sliding,
-                                 window_batch=options.window_batch)
+                                 window_batch=options.window_batch, precision=options.precision)
 
 
 def overlay_image(image: Image.Image, result: Segmentation) -> Image.Image:

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from ..model import TCL
+from ..runtime import autocast, resolve_precision
 from .scores import labels_at, with_background
 from .settings import DEFAULT_SETTINGS, InferenceSettings
 from .sliding import sliding_window_scores
@@ -46,11 +47,14 @@ def protocol_size(height: int, width: int, short_side: int, long_side: int) -> t
 @torch.no_grad()
 def segment_image(model: TCL, image: Image.Image, class_names: list[str], text_emb: torch.Tensor,
                   settings: InferenceSettings = DEFAULT_SETTINGS, *, sliding: bool = False,
-                  window_batch: int = 1) -> Segmentation:
+                  window_batch: int = 1, precision: str = "fp32") -> Segmentation:
     """Segment ``image`` into ``class_names`` whose embeddings ``text_emb`` [K, D] come from
     :meth:`TCL.build_text_embedding` (computed once for all images). ``sliding=False`` scores the
     whole resized image in one pass; ``sliding=True`` runs the benchmark protocol's windows
-    (``settings.crop`` / ``settings.stride``), ``window_batch`` of them per forward pass."""
+    (``settings.crop`` / ``settings.stride``), ``window_batch`` of them per forward pass. ``precision``
+    ``bf16`` / ``fp16`` runs the networks under autocast, ``auto`` picks bf16 where the device has it
+    natively (:func:`tcl.runtime.resolve_precision`), ``fp32`` is exact."""
+    precision = resolve_precision(precision, model.pixel_mean.device, inference=True)
     rgb = torch.from_numpy(np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0)
     rgb = rgb.permute(2, 0, 1).unsqueeze(0).to(model.pixel_mean.device)
     height, width = rgb.shape[-2:]
@@ -60,9 +64,10 @@ def segment_image(model: TCL, image: Image.Image, class_names: list[str], text_e
     if sliding:
         scores = sliding_window_scores(model, resized, text_emb, crop=settings.crop, stride=settings.stride,
                                        apply_pamr=settings.pamr, kp_w=settings.kp_w, bg_thresh=settings.bg_thresh,
-                                       window_batch=window_batch)
+                                       window_batch=window_batch, precision=precision)
     else:
-        scores = model.generate_masks(resized, text_emb, apply_pamr=settings.pamr, kp_w=settings.kp_w)[0]
+        with autocast(precision, resized.device):
+            scores = model.generate_masks(resized, text_emb, apply_pamr=settings.pamr, kp_w=settings.kp_w)[0]
         scores = with_background(scores, settings.bg_thresh)
     if settings.bg_thresh is not None:
         names = ["background", *names]

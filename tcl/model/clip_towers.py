@@ -15,6 +15,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .fast_blocks import enabled as fast_blocks_enabled
+from .fast_blocks import is_plain_block, run_plain_block, run_plain_self_only_block
+
 __all__ = [
     "PositionalEmbeddingCache",
     "embed_patches",
@@ -103,10 +106,17 @@ def run_self_only_block(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 
 def run_blocks(blocks, x: torch.Tensor, self_only_last: bool, batch_first: bool = True) -> torch.Tensor:
-    """Run ``blocks`` in order; the last one self-only when ``self_only_last``."""
+    """Run ``blocks`` in order; the last one self-only when ``self_only_last``.
+
+    Without autograd, plain open_clip blocks in eval mode run through :mod:`tcl.model.fast_blocks`
+    (the same arithmetic with faster kernels; inference and the frozen CLIP of a training step).
+    """
     blocks = list(blocks)
     for index, block in enumerate(blocks):
-        if self_only_last and index == len(blocks) - 1:
+        last = self_only_last and index == len(blocks) - 1
+        if fast_blocks_enabled() and not torch.is_grad_enabled() and not block.training and is_plain_block(block):
+            x = run_plain_self_only_block(block, x) if last else run_plain_block(block, x)
+        elif last:
             x = run_self_only_block(block, x)
         else:
             x = run_block(block, x, batch_first)

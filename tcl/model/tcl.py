@@ -246,22 +246,29 @@ class TCL(nn.Module):
             image = F.pad(image, pad)
         text_emb = text_emb.to(image.dtype)
 
+        # Under autocast (bf16 / fp16 inference) only the networks run in low precision: CLIP's blocks, the
+        # masker's and the decoder. The cosine similarities, sigmoids, PAMR and the KP mixing decide
+        # which class wins a pixel and are cheap, so they run in fp32 (docs/evaluation.md, *Precision*).
         clip_tokens, grid = self.clip_features(image)
-        masks = self.masker.soft_masks(clip_tokens, grid, text_emb)
-        if apply_pamr:
-            guide = F.interpolate(image, size=masks.shape[-2:], mode="bilinear", align_corners=True)
-            masks = pamr(guide, masks)
-        if kp_w:
-            masks = kp_w * self._keypoint_masks(clip_tokens, grid, text_emb, masks.shape[-2:]) \
-                + (1.0 - kp_w) * masks
-        masks = F.interpolate(masks, size=image.shape[-2:], mode="bilinear", align_corners=False)
+        dense = self.masker.dense_embedding(clip_tokens, grid)
+        kp_dense = self.maskclip_dense(clip_tokens, grid) if kp_w else None
+        with torch.autocast(image.device.type, enabled=False):
+            text_emb = text_emb.float()
+            masks = torch.sigmoid(self.masker.sim2mask.logits(Masker.similarity(dense.float(), text_emb)))
+            if apply_pamr:
+                guide = F.interpolate(image.float(), size=masks.shape[-2:], mode="bilinear", align_corners=True)
+                masks = pamr(guide, masks)
+            if kp_w:
+                masks = kp_w * self._keypoint_masks(kp_dense.float(), text_emb, masks.shape[-2:]) \
+                    + (1.0 - kp_w) * masks
+            masks = F.interpolate(masks, size=image.shape[-2:], mode="bilinear", align_corners=False)
         left, _, top, _ = pad
         return masks[:, :, top:top + height, left:left + width]
 
-    def _keypoint_masks(self, clip_tokens, grid, text_emb, size) -> torch.Tensor:
+    @staticmethod
+    def _keypoint_masks(maskclip_dense, text_emb, size) -> torch.Tensor:
         """KP branch: the untrained Sim2Mask (σ(10·(s − 0.25))) on frozen MaskCLIP features."""
-        similarity = Masker.similarity(self.maskclip_dense(clip_tokens, grid), text_emb)
-        kp = torch.sigmoid((similarity - 0.25) * 10.0)
+        kp = torch.sigmoid((Masker.similarity(maskclip_dense, text_emb) - 0.25) * 10.0)
         return F.interpolate(kp, size=size, mode="bilinear", align_corners=False)
 
     def extra_repr(self) -> str:

@@ -112,7 +112,7 @@ def test_predict_options_take_flat_names():
     assert changed.settings == dataclasses.replace(options.settings, kp_w=0.5) and changed.max_pixels == 10
     assert options.settings.kp_w == 0.3 and dataclasses.replace(options, sliding=False).settings == options.settings
     assert PredictOptions.names() == {f.name for f in dataclasses.fields(InferenceSettings)} | {
-        "sliding", "window_batch", "max_pixels"}
+        "sliding", "window_batch", "max_pixels", "precision"}
     with pytest.raises(TypeError, match="bg_treshold"):
         options.replace(bg_treshold=0.5)
     with pytest.raises(ConfigError, match="^settings: must be an InferenceSettings"):

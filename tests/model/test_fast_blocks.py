@@ -1,0 +1,49 @@
+"""The inference kernels of CLIP's blocks (tcl.model.fast_blocks) against open_clip's own forward."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from tcl.model.clip_towers import run_blocks
+from tcl.model.fast_blocks import is_plain_block, linear, run_plain_block, use_fast_blocks
+
+
+def test_linear_equals_f_linear_for_any_leading_shape():
+    torch.manual_seed(0)
+    weight, bias = torch.randn(7, 5), torch.randn(7)
+    for shape in ((3, 5), (2, 4, 5), (1, 5), (2, 3, 4, 5)):
+        x = torch.randn(shape)
+        assert torch.allclose(linear(x, weight, bias), F.linear(x, weight, bias), atol=1e-5)
+    x = torch.randn(4, 6, 5).transpose(0, 1)  # non-contiguous input
+    assert torch.allclose(linear(x, weight), F.linear(x, weight), atol=1e-5)
+
+
+def test_plain_block_equals_open_clip_forward(tiny_tcl):
+    torch.manual_seed(0)
+    block = tiny_tcl.clip.visual.transformer.resblocks[0]
+    assert is_plain_block(block)
+    x = torch.randn(2, 17, block.ln_1.normalized_shape[0])
+    with torch.no_grad():
+        batch_first = tiny_tcl.clip.visual.transformer.batch_first
+        expected = block(x) if batch_first else block(x.transpose(0, 1)).transpose(0, 1)
+        assert (run_plain_block(block, x) - expected).abs().max() < 1e-5
+    assert not is_plain_block(nn.Linear(4, 4))
+
+
+def test_run_blocks_uses_the_fast_kernels_only_without_autograd(tiny_tcl):
+    torch.manual_seed(0)
+    image, text = torch.randn(2, 3, 64, 48), F.normalize(torch.randn(3, 32), dim=-1)
+    with torch.no_grad():
+        tokens, _ = tiny_tcl.clip_features(image)
+        masks = tiny_tcl.generate_masks(image, text, apply_pamr=True, kp_w=0.3)
+        with use_fast_blocks(False):
+            ref_tokens, _ = tiny_tcl.clip_features(image)
+            ref_masks = tiny_tcl.generate_masks(image, text, apply_pamr=True, kp_w=0.3)
+    assert (tokens - ref_tokens).abs().max() < 1e-5
+    assert (masks - ref_masks).abs().max() < 1e-5
+    blocks = tiny_tcl.clip.visual.transformer.resblocks
+    x = torch.randn(1, 5, blocks[0].ln_1.normalized_shape[0], requires_grad=True)
+    run_blocks(blocks, x, self_only_last=True).sum().backward()  # autograd on: open_clip's path
+    assert x.grad is not None

@@ -78,8 +78,43 @@ def embed_patches(visual: nn.Module, image: torch.Tensor, pos_cache: PositionalE
     return visual.ln_pre(x), grid
 
 
+def _plain_self_attention(attn: nn.Module) -> bool:
+    """Whether ``attn`` is a plain ``nn.MultiheadAttention`` that :func:`_self_attention` reproduces."""
+    return (type(attn) is nn.MultiheadAttention and attn._qkv_same_embed_dim and attn.in_proj_bias is not None
+            and attn.bias_k is None and attn.bias_v is None and not attn.add_zero_attn)
+
+
+def _self_attention(attn: nn.MultiheadAttention, x: torch.Tensor) -> torch.Tensor:
+    """``attn(x, x, x, need_weights=False)[0]`` on batch-first tokens [B, L, E], without transposing them.
+
+    ``nn.MultiheadAttention(batch_first=True)`` transposes its input to [L, B, E] and, when autograd
+    records the call (the masked-image re-encoding of the training step), cannot take its fused fast
+    path: the in-projection then sees a non-contiguous 3-D tensor, which ``F.linear`` runs as a
+    *batched* matmul of L products [B, E] × [E, 3E] (M = B rows each) forwards and backwards. Here the
+    projection sees contiguous tokens (one GEMM of B·L rows); the arithmetic is the same per element:
+    the same in-projection, the same scaled-dot-product kernel, the same out-projection.
+    """
+    batch, length, width = x.shape
+    heads = attn.num_heads
+    qkv = F.linear(x, attn.in_proj_weight, attn.in_proj_bias)  # [B, L, 3E]
+    q, k, v = qkv.view(batch, length, 3, heads, width // heads).permute(2, 0, 3, 1, 4).unbind(0)
+    out = F.scaled_dot_product_attention(q, k, v, dropout_p=attn.dropout if attn.training else 0.0)
+    out = out.transpose(1, 2).reshape(batch, length, width)
+    return F.linear(out, attn.out_proj.weight, attn.out_proj.bias)
+
+
 def run_block(block: nn.Module, x: torch.Tensor, batch_first: bool = True) -> torch.Tensor:
-    """One standard open_clip residual attention block on batch-first tokens."""
+    """One standard open_clip residual attention block on batch-first tokens.
+
+    Where autograd records the block, a plain open_clip ``ResidualAttentionBlock`` is run through
+    :func:`_self_attention` (see there why); without gradients the block's own ``forward`` is kept,
+    so ``nn.MultiheadAttention``'s fused inference path and the inference numerics are unchanged.
+    """
+    attn = getattr(block, "attn", None)
+    if (torch.is_grad_enabled() and attn is not None and _plain_self_attention(attn)
+            and not hasattr(block, "ln_1_kv") and all(hasattr(block, name) for name in ("ln_1", "ln_2", "mlp"))):
+        x = x + block.ls_1(_self_attention(attn, block.ln_1(x)))  # either tower layout: x is batch-first here
+        return x + block.ls_2(block.mlp(block.ln_2(x)))
     if batch_first:
         return block(x)
     return block(x.transpose(0, 1)).transpose(0, 1)

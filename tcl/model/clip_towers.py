@@ -19,6 +19,7 @@ __all__ = [
     "PositionalEmbeddingCache",
     "embed_patches",
     "run_block",
+    "run_first_token_block",
     "run_self_only_block",
     "run_blocks",
     "project_tokens",
@@ -103,6 +104,13 @@ def _self_attention(attn: nn.MultiheadAttention, x: torch.Tensor) -> torch.Tenso
     return F.linear(out, attn.out_proj.weight, attn.out_proj.bias)
 
 
+def _plain_block(block: nn.Module) -> bool:
+    """Whether ``block`` is a plain open_clip ``ResidualAttentionBlock`` (self-attention, LN, MLP)."""
+    attn = getattr(block, "attn", None)
+    return (attn is not None and _plain_self_attention(attn) and not hasattr(block, "ln_1_kv")
+            and all(hasattr(block, name) for name in ("ln_1", "ln_2", "mlp", "ls_1", "ls_2")))
+
+
 def run_block(block: nn.Module, x: torch.Tensor, batch_first: bool = True) -> torch.Tensor:
     """One standard open_clip residual attention block on batch-first tokens.
 
@@ -110,14 +118,33 @@ def run_block(block: nn.Module, x: torch.Tensor, batch_first: bool = True) -> to
     :func:`_self_attention` (see there why); without gradients the block's own ``forward`` is kept,
     so ``nn.MultiheadAttention``'s fused inference path and the inference numerics are unchanged.
     """
-    attn = getattr(block, "attn", None)
-    if (torch.is_grad_enabled() and attn is not None and _plain_self_attention(attn)
-            and not hasattr(block, "ln_1_kv") and all(hasattr(block, name) for name in ("ln_1", "ln_2", "mlp"))):
-        x = x + block.ls_1(_self_attention(attn, block.ln_1(x)))  # either tower layout: x is batch-first here
+    if torch.is_grad_enabled() and _plain_block(block):
+        x = x + block.ls_1(_self_attention(block.attn, block.ln_1(x)))  # either tower layout: x is batch-first here
         return x + block.ls_2(block.mlp(block.ln_2(x)))
     if batch_first:
         return block(x)
     return block(x.transpose(0, 1)).transpose(0, 1)
+
+
+def run_first_token_block(block: nn.Module, x: torch.Tensor, batch_first: bool = True) -> torch.Tensor:
+    """The output of ``run_block(block, x)`` for the first (class) token only, [B, 1, E].
+
+    A class-token-pooled image embedding reads nothing else from the last block, so the other tokens'
+    queries, attention outputs, out-projection and MLP are skipped: only their keys and values are
+    needed. For a block that is not a plain open_clip one the whole block runs and the row is taken.
+    """
+    if not _plain_block(block):
+        return run_block(block, x, batch_first)[:, :1]
+    attn, width, heads = block.attn, x.shape[-1], block.attn.num_heads
+    h = block.ln_1(x)
+    q = F.linear(h[:, :1], attn.in_proj_weight[:width], attn.in_proj_bias[:width])  # [B, 1, E]
+    kv = F.linear(h, attn.in_proj_weight[width:], attn.in_proj_bias[width:])  # [B, L, 2E]
+    k, v = kv.view(*x.shape[:2], 2, heads, width // heads).permute(2, 0, 3, 1, 4).unbind(0)
+    q = q.view(x.shape[0], 1, heads, width // heads).transpose(1, 2)
+    out = F.scaled_dot_product_attention(q, k, v, dropout_p=attn.dropout if attn.training else 0.0)
+    out = F.linear(out.transpose(1, 2).reshape(x.shape[0], 1, width), attn.out_proj.weight, attn.out_proj.bias)
+    cls = x[:, :1] + block.ls_1(out)
+    return cls + block.ls_2(block.mlp(block.ln_2(cls)))
 
 
 def run_self_only_block(block: nn.Module, x: torch.Tensor) -> torch.Tensor:

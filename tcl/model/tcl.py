@@ -20,6 +20,7 @@ from .clip_towers import (
     embed_patches,
     project_tokens,
     run_blocks,
+    run_first_token_block,
     tokens_to_map,
 )
 from .config import TCLConfig  # re-exported: the model section lives beside, torch-free
@@ -138,7 +139,14 @@ class TCL(nn.Module):
         pooling (class token, as in OpenAI's CLIP, or the mean of the patch tokens), then ``proj``."""
         visual = self.clip.visual
         x, _ = embed_patches(visual, image, self._pos_cache)
-        x = run_blocks(visual.transformer.resblocks, x, self_only_last=False, batch_first=self._batch_first)
+        blocks = visual.transformer.resblocks
+        if getattr(visual, "pool_type", "tok") == "tok":
+            # Class-token pooling reads one row of the last block: compute only that row
+            # (exact; the official code ran the whole block, kakaobrain/tcl bc2b551 sclip/model.py).
+            x = run_blocks(blocks[:-1], x, self_only_last=False, batch_first=self._batch_first)
+            x = run_first_token_block(blocks[-1], x, self._batch_first)
+        else:
+            x = run_blocks(blocks, x, self_only_last=False, batch_first=self._batch_first)
 
         def pool(tokens: torch.Tensor) -> torch.Tensor:
             return tokens[:, 1:].mean(dim=1) if getattr(visual, "pool_type", "tok") == "avg" else tokens[:, 0]

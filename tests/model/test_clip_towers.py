@@ -5,7 +5,13 @@ import copy
 import pytest
 import torch
 
-from tcl.model.clip_towers import PositionalEmbeddingCache, embed_patches, run_block, run_self_only_block
+from tcl.model.clip_towers import (
+    PositionalEmbeddingCache,
+    embed_patches,
+    run_block,
+    run_first_token_block,
+    run_self_only_block,
+)
 from tests import reference_official as ref
 
 
@@ -85,3 +91,29 @@ def test_recorded_block_runs_no_batched_matmul(tiny_tcl):
         run_block(block, x).sum().backward()
     names = {event.key for event in prof.key_averages()}
     assert "aten::addmm" in names and "aten::bmm" not in names
+
+
+@pytest.mark.parametrize("trainable", [False, True])
+def test_first_token_block_equals_the_blocks_first_row(tiny_tcl, trainable):
+    block, x = _block_and_tokens(tiny_tcl, trainable)
+    ours = run_first_token_block(block, x)
+    expected = block(x)[:, :1]
+    assert ours.shape == (3, 1, 64)
+    weight = torch.randn_like(expected)
+    inputs = [x, *(p for p in block.parameters() if trainable)]
+    grads = torch.autograd.grad((ours * weight).sum(), inputs)
+    expected_grads = torch.autograd.grad((expected * weight).sum(), inputs)
+    assert torch.allclose(ours, expected, atol=1e-6)
+    for got, want in zip(grads, expected_grads, strict=True):
+        assert torch.allclose(got, want, atol=1e-6, rtol=1e-5)
+
+
+def test_encode_image_gradient_matches_open_clip(tiny_tcl):
+    # The masked-image loss backpropagates through encode_image into the mask: its gradient with
+    # respect to the image must be open_clip's (whose last block computes every token).
+    image = torch.randn(2, 3, 64, 64, requires_grad=True)
+    weight = torch.randn(2, tiny_tcl.clip.visual.proj.shape[1])
+    (ours,) = torch.autograd.grad((tiny_tcl.encode_image(image) * weight).sum(), image)
+    (expected,) = torch.autograd.grad((tiny_tcl.clip.encode_image(image) * weight).sum(), image)
+    assert torch.allclose(ours, expected, atol=1e-6, rtol=1e-4)
+    assert expected.abs().max() > 1e-4

@@ -11,7 +11,9 @@ training-step work (issue 15), restated below and swapped in for its rounds only
 
 * ``run_block`` called open_clip's block, whose ``nn.MultiheadAttention(batch_first=True)`` under autograd
   runs its in-projection on transposed tokens as a batched matmul of 197 small products (``aten::bmm``);
-* ``TCL.encode_image`` ran the whole last CLIP block although class-token pooling reads one row of it.
+* ``TCL.encode_image`` ran the whole last CLIP block although class-token pooling reads one row of it;
+* the captions went through open_clip's ``encode_text``: all 77 positions (a causal tower pooled at the
+  end-of-text token reads none after it), through the same transposed ``bmm`` in-projection.
 
 Before timing, both forms are run with the same Gumbel noise and must agree (each loss term within
 ``--loss-rtol``, each trainable gradient within ``--grad-rtol`` relative L2). Then one warm-up step of each,
@@ -43,6 +45,7 @@ from torch import nn  # noqa: E402
 
 from tcl.atomic import write_json_atomic  # noqa: E402
 from tcl.model import TCL, TCLConfig, clip_towers, create_clip  # noqa: E402
+from tcl.model import tcl as tcl_module  # noqa: E402
 
 __all__ = ["previous_forms", "build", "training_step", "compare_forms", "main"]
 
@@ -69,15 +72,20 @@ def _previous_encode_image(self: TCL, image: torch.Tensor) -> torch.Tensor:
     return pool(visual.ln_post(x)) @ visual.proj
 
 
+def _previous_encode_captions(clip: nn.Module, tokens: torch.Tensor) -> torch.Tensor:
+    return clip.encode_text(tokens, normalize=False)
+
+
 @contextlib.contextmanager
 def previous_forms() -> Iterator[None]:
     """Run the model through the forms used before the training-step work (see the module docstring)."""
-    saved = clip_towers.run_block, TCL.encode_image
+    saved = clip_towers.run_block, TCL.encode_image, tcl_module.encode_captions
     clip_towers.run_block, TCL.encode_image = _previous_run_block, _previous_encode_image
+    tcl_module.encode_captions = _previous_encode_captions
     try:
         yield
     finally:
-        clip_towers.run_block, TCL.encode_image = saved
+        clip_towers.run_block, TCL.encode_image, tcl_module.encode_captions = saved
 
 
 # ----------------------------------------------------------------------------- the step

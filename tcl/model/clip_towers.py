@@ -20,6 +20,7 @@ __all__ = [
     "embed_patches",
     "run_block",
     "run_first_token_block",
+    "encode_captions",
     "run_self_only_block",
     "run_blocks",
     "project_tokens",
@@ -85,7 +86,8 @@ def _plain_self_attention(attn: nn.Module) -> bool:
             and attn.bias_k is None and attn.bias_v is None and not attn.add_zero_attn)
 
 
-def _self_attention(attn: nn.MultiheadAttention, x: torch.Tensor) -> torch.Tensor:
+def _self_attention(attn: nn.MultiheadAttention, x: torch.Tensor,
+                    attn_mask: torch.Tensor | None = None) -> torch.Tensor:
     """``attn(x, x, x, need_weights=False)[0]`` on batch-first tokens [B, L, E], without transposing them.
 
     ``nn.MultiheadAttention(batch_first=True)`` transposes its input to [L, B, E] and, when autograd
@@ -99,7 +101,8 @@ def _self_attention(attn: nn.MultiheadAttention, x: torch.Tensor) -> torch.Tenso
     heads = attn.num_heads
     qkv = F.linear(x, attn.in_proj_weight, attn.in_proj_bias)  # [B, L, 3E]
     q, k, v = qkv.view(batch, length, 3, heads, width // heads).permute(2, 0, 3, 1, 4).unbind(0)
-    out = F.scaled_dot_product_attention(q, k, v, dropout_p=attn.dropout if attn.training else 0.0)
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask,
+                                         dropout_p=attn.dropout if attn.training else 0.0)
     out = out.transpose(1, 2).reshape(batch, length, width)
     return F.linear(out, attn.out_proj.weight, attn.out_proj.bias)
 
@@ -145,6 +148,36 @@ def run_first_token_block(block: nn.Module, x: torch.Tensor, batch_first: bool =
     out = F.linear(out.transpose(1, 2).reshape(x.shape[0], 1, width), attn.out_proj.weight, attn.out_proj.bias)
     cls = x[:, :1] + block.ls_1(out)
     return cls + block.ls_2(block.mlp(block.ln_2(cls)))
+
+
+def encode_captions(clip: nn.Module, tokens: torch.Tensor) -> torch.Tensor:
+    """``clip.encode_text(tokens)`` (un-normalised, EOT pooling) computed on the captions' used positions only.
+
+    The text tower is causal and pools the end-of-text token (the largest token id): positions after the
+    last EOT of the batch never reach the embedding, so the context is cut there (a 10-word caption uses
+    ~12 of CLIP's 77 positions), and the blocks run on batch-first tokens (open_clip's float causal mask
+    keeps ``nn.MultiheadAttention`` off its fused path, and its transposed in-projection is a ``bmm``).
+    Same arithmetic per kept position; a tower that is not a plain open_clip one is run by ``encode_text``.
+    """
+    blocks = getattr(getattr(clip, "transformer", None), "resblocks", None)
+    plain = (blocks is not None and getattr(clip, "text_pool_type", None) == "argmax"
+             and all(hasattr(clip, name) for name in ("token_embedding", "positional_embedding", "ln_final",
+                                                          "attn_mask", "text_projection"))
+             and isinstance(clip.attn_mask, torch.Tensor) and all(_plain_block(block) for block in blocks))
+    if not plain:
+        return clip.encode_text(tokens, normalize=False)
+    eot = tokens.argmax(dim=-1)
+    length = int(eot.max()) + 1
+    dtype = clip.transformer.get_cast_dtype()
+    x = clip.token_embedding(tokens[:, :length]).to(dtype) + clip.positional_embedding[:length].to(dtype)
+    mask = clip.attn_mask[:length, :length].to(dtype)
+    for block in blocks:
+        x = x + block.ls_1(_self_attention(block.attn, block.ln_1(x), mask))
+        x = x + block.ls_2(block.mlp(block.ln_2(x)))
+    x = clip.ln_final(x)[torch.arange(x.shape[0], device=x.device), eot]
+    if clip.text_projection is None:
+        return x
+    return clip.text_projection(x) if isinstance(clip.text_projection, nn.Linear) else x @ clip.text_projection
 
 
 def run_self_only_block(block: nn.Module, x: torch.Tensor) -> torch.Tensor:

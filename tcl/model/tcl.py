@@ -18,6 +18,7 @@ from ..runtime import gather_cat, get_rank, get_world_size
 from .clip_towers import (
     PositionalEmbeddingCache,
     embed_patches,
+    encode_captions,
     project_tokens,
     run_blocks,
     run_first_token_block,
@@ -194,7 +195,7 @@ class TCL(nn.Module):
             # Only the blocks the masker needs: the official code also ran CLIP's last block here
             # and discarded it (docs/deviations.md, *CLIP wrapper waste*).
             clip_tokens, grid = self.clip_features(image)
-            text_emb = self.encode_text(text_tokens)
+            text_emb = encode_captions(self.clip, text_tokens)  # = encode_text, on the used positions only
 
         batch = image.shape[0]
         dense = self.masker.dense_embedding(clip_tokens, grid)  # V [B, D, H', W']

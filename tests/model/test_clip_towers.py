@@ -8,6 +8,7 @@ import torch
 from tcl.model.clip_towers import (
     PositionalEmbeddingCache,
     embed_patches,
+    encode_captions,
     run_block,
     run_first_token_block,
     run_self_only_block,
@@ -117,3 +118,15 @@ def test_encode_image_gradient_matches_open_clip(tiny_tcl):
     (expected,) = torch.autograd.grad((tiny_tcl.clip.encode_image(image) * weight).sum(), image)
     assert torch.allclose(ours, expected, atol=1e-6, rtol=1e-4)
     assert expected.abs().max() > 1e-4
+
+
+def test_captions_are_encoded_like_open_clip_on_their_used_positions(tiny_tcl):
+    context = tiny_tcl.clip.attn_mask.shape[0]
+    captions = ["a", "a red square on a table", " ".join(["cat"] * (2 * context))]  # the last one fills it
+    tokens = tiny_tcl.tokenize(captions)
+    assert tokens.argmax(dim=-1).tolist()[-1] == context - 1
+    with torch.no_grad():
+        expected = tiny_tcl.clip.encode_text(tokens, normalize=False)
+        assert torch.allclose(encode_captions(tiny_tcl.clip, tokens), expected, atol=1e-5)
+        short = tokens[:2]  # their context is cut after the longer one's end-of-text token
+        assert torch.allclose(encode_captions(tiny_tcl.clip, short), expected[:2], atol=1e-5)

@@ -121,8 +121,9 @@ def compare_forms(model: TCL, image: torch.Tensor, text: torch.Tensor) -> dict[s
     loss = max(float((ours[0][k] - v).abs() / v.abs().clamp_min(1e-12)) for k, v in reference[0].items())
     if set(ours[1]) != set(reference[1]):
         raise SystemExit("train_step: the two forms give gradients to different parameters")
-    grad = max(float((ours[1][k] - v).norm() / v.norm().clamp_min(1e-12)) for k, v in reference[1].items())
-    return {"loss_max_rel": loss, "grad_max_rel_l2": grad}
+    grad = {k: float((ours[1][k] - v).norm() / v.norm().clamp_min(1e-12)) for k, v in reference[1].items()}
+    worst = max(grad, key=grad.get)
+    return {"loss_max_rel": loss, "grad_max_rel_l2": grad[worst], "grad_worst": worst}
 
 
 def _timed(model: TCL, image: torch.Tensor, text: torch.Tensor) -> float:
@@ -154,7 +155,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--repeats", type=int, default=5, help="timed rounds of each form (5)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--loss-rtol", type=float, default=1e-5)
-    parser.add_argument("--grad-rtol", type=float, default=1e-4)
+    parser.add_argument("--grad-rtol", type=float, default=1e-3)
     parser.add_argument("--profile", action="store_true", help="print the top operators of one step of each form")
     parser.add_argument("--rows", type=int, default=20, help="operators shown by --profile (20)")
     parser.add_argument("--out", type=Path, default=Path("train_step.json"))

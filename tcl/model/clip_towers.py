@@ -22,6 +22,8 @@ __all__ = [
     "PositionalEmbeddingCache",
     "embed_patches",
     "run_block",
+    "run_first_token_block",
+    "encode_captions",
     "run_self_only_block",
     "run_blocks",
     "project_tokens",
@@ -81,11 +83,104 @@ def embed_patches(visual: nn.Module, image: torch.Tensor, pos_cache: PositionalE
     return visual.ln_pre(x), grid
 
 
+def _plain_self_attention(attn: nn.Module) -> bool:
+    """Whether ``attn`` is a plain ``nn.MultiheadAttention`` that :func:`_self_attention` reproduces."""
+    return (type(attn) is nn.MultiheadAttention and attn._qkv_same_embed_dim and attn.in_proj_bias is not None
+            and attn.bias_k is None and attn.bias_v is None and not attn.add_zero_attn)
+
+
+def _self_attention(attn: nn.MultiheadAttention, x: torch.Tensor,
+                    attn_mask: torch.Tensor | None = None) -> torch.Tensor:
+    """``attn(x, x, x, need_weights=False)[0]`` on batch-first tokens [B, L, E], without transposing them.
+
+    ``nn.MultiheadAttention(batch_first=True)`` transposes its input to [L, B, E] and, when autograd
+    records the call (the masked-image re-encoding of the training step), cannot take its fused fast
+    path: the in-projection then sees a non-contiguous 3-D tensor, which ``F.linear`` runs as a
+    *batched* matmul of L products [B, E] × [E, 3E] (M = B rows each) forwards and backwards. Here the
+    projection sees contiguous tokens (one GEMM of B·L rows); the arithmetic is the same per element:
+    the same in-projection, the same scaled-dot-product kernel, the same out-projection.
+    """
+    batch, length, width = x.shape
+    heads = attn.num_heads
+    qkv = F.linear(x, attn.in_proj_weight, attn.in_proj_bias)  # [B, L, 3E]
+    q, k, v = qkv.view(batch, length, 3, heads, width // heads).permute(2, 0, 3, 1, 4).unbind(0)
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask,
+                                         dropout_p=attn.dropout if attn.training else 0.0)
+    out = out.transpose(1, 2).reshape(batch, length, width)
+    return F.linear(out, attn.out_proj.weight, attn.out_proj.bias)
+
+
+def _plain_block(block: nn.Module) -> bool:
+    """Whether ``block`` is a plain open_clip ``ResidualAttentionBlock`` (self-attention, LN, MLP)."""
+    attn = getattr(block, "attn", None)
+    return (attn is not None and _plain_self_attention(attn) and not hasattr(block, "ln_1_kv")
+            and all(hasattr(block, name) for name in ("ln_1", "ln_2", "mlp", "ls_1", "ls_2")))
+
+
 def run_block(block: nn.Module, x: torch.Tensor, batch_first: bool = True) -> torch.Tensor:
-    """One standard open_clip residual attention block on batch-first tokens."""
+    """One standard open_clip residual attention block on batch-first tokens.
+
+    Where autograd records the block, a plain open_clip ``ResidualAttentionBlock`` is run through
+    :func:`_self_attention` (see there why); without gradients the block's own ``forward`` is kept,
+    so ``nn.MultiheadAttention``'s fused inference path and the inference numerics are unchanged.
+    """
+    if torch.is_grad_enabled() and _plain_block(block):
+        x = x + block.ls_1(_self_attention(block.attn, block.ln_1(x)))  # either tower layout: x is batch-first here
+        return x + block.ls_2(block.mlp(block.ln_2(x)))
     if batch_first:
         return block(x)
     return block(x.transpose(0, 1)).transpose(0, 1)
+
+
+def run_first_token_block(block: nn.Module, x: torch.Tensor, batch_first: bool = True) -> torch.Tensor:
+    """The output of ``run_block(block, x)`` for the first (class) token only, [B, 1, E].
+
+    A class-token-pooled image embedding reads nothing else from the last block, so the other tokens'
+    queries, attention outputs, out-projection and MLP are skipped: only their keys and values are
+    needed. For a block that is not a plain open_clip one the whole block runs and the row is taken.
+    """
+    if not _plain_block(block):
+        return run_block(block, x, batch_first)[:, :1]
+    attn, width, heads = block.attn, x.shape[-1], block.attn.num_heads
+    h = block.ln_1(x)
+    q = F.linear(h[:, :1], attn.in_proj_weight[:width], attn.in_proj_bias[:width])  # [B, 1, E]
+    kv = F.linear(h, attn.in_proj_weight[width:], attn.in_proj_bias[width:])  # [B, L, 2E]
+    k, v = kv.view(*x.shape[:2], 2, heads, width // heads).permute(2, 0, 3, 1, 4).unbind(0)
+    q = q.view(x.shape[0], 1, heads, width // heads).transpose(1, 2)
+    out = F.scaled_dot_product_attention(q, k, v, dropout_p=attn.dropout if attn.training else 0.0)
+    out = F.linear(out.transpose(1, 2).reshape(x.shape[0], 1, width), attn.out_proj.weight, attn.out_proj.bias)
+    cls = x[:, :1] + block.ls_1(out)
+    return cls + block.ls_2(block.mlp(block.ln_2(cls)))
+
+
+def encode_captions(clip: nn.Module, tokens: torch.Tensor) -> torch.Tensor:
+    """``clip.encode_text(tokens)`` (un-normalised, EOT pooling) computed on the captions' used positions only.
+
+    The text tower is causal and pools the end-of-text token (the largest token id): positions after the
+    last EOT of the batch never reach the embedding, so the context is cut there (a 10-word caption uses
+    ~12 of CLIP's 77 positions), and the blocks run on batch-first tokens (open_clip's float causal mask
+    keeps ``nn.MultiheadAttention`` off its fused path, and its transposed in-projection is a ``bmm``).
+    Same arithmetic per kept position; a tower that is not a plain open_clip one is run by ``encode_text``.
+    """
+    blocks = getattr(getattr(clip, "transformer", None), "resblocks", None)
+    plain = (blocks is not None and getattr(clip, "text_pool_type", None) == "argmax"
+             and all(hasattr(clip, name) for name in ("token_embedding", "positional_embedding", "ln_final",
+                                                          "attn_mask", "text_projection"))
+             and isinstance(clip.attn_mask, torch.Tensor) and all(_plain_block(block) for block in blocks))
+    if not plain:
+        return clip.encode_text(tokens, normalize=False)
+    eot = tokens.argmax(dim=-1)
+    length = int(eot.max()) + 1
+    dtype = clip.transformer.get_cast_dtype()
+    x = clip.token_embedding(tokens[:, :length]).to(dtype) + clip.positional_embedding[:length].to(dtype)
+    mask = clip.attn_mask[:length, :length].to(dtype)
+    for block in blocks:
+        x = x + block.ls_1(_self_attention(block.attn, block.ln_1(x), mask))
+        x = x + block.ls_2(block.mlp(block.ln_2(x)))
+    x = clip.ln_final(x)[torch.arange(x.shape[0], device=x.device), eot]
+    if clip.text_projection is None:
+        return x
+    return clip.text_projection(x) if isinstance(clip.text_projection, nn.Linear) else x @ clip.text_projection
 
 
 def run_self_only_block(block: nn.Module, x: torch.Tensor) -> torch.Tensor:

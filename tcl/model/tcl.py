@@ -18,8 +18,10 @@ from ..runtime import gather_cat, get_rank, get_world_size
 from .clip_towers import (
     PositionalEmbeddingCache,
     embed_patches,
+    encode_captions,
     project_tokens,
     run_blocks,
+    run_first_token_block,
     tokens_to_map,
 )
 from .config import TCLConfig  # re-exported: the model section lives beside, torch-free
@@ -138,7 +140,14 @@ class TCL(nn.Module):
         pooling (class token, as in OpenAI's CLIP, or the mean of the patch tokens), then ``proj``."""
         visual = self.clip.visual
         x, _ = embed_patches(visual, image, self._pos_cache)
-        x = run_blocks(visual.transformer.resblocks, x, self_only_last=False, batch_first=self._batch_first)
+        blocks = visual.transformer.resblocks
+        if getattr(visual, "pool_type", "tok") == "tok":
+            # Class-token pooling reads one row of the last block: compute only that row
+            # (exact; the official code ran the whole block, kakaobrain/tcl bc2b551 sclip/model.py).
+            x = run_blocks(blocks[:-1], x, self_only_last=False, batch_first=self._batch_first)
+            x = run_first_token_block(blocks[-1], x, self._batch_first)
+        else:
+            x = run_blocks(blocks, x, self_only_last=False, batch_first=self._batch_first)
 
         def pool(tokens: torch.Tensor) -> torch.Tensor:
             return tokens[:, 1:].mean(dim=1) if getattr(visual, "pool_type", "tok") == "avg" else tokens[:, 0]
@@ -186,7 +195,7 @@ class TCL(nn.Module):
             # Only the blocks the masker needs: the official code also ran CLIP's last block here
             # and discarded it (docs/deviations.md, *CLIP wrapper waste*).
             clip_tokens, grid = self.clip_features(image)
-            text_emb = self.encode_text(text_tokens)
+            text_emb = encode_captions(self.clip, text_tokens)  # = encode_text, on the used positions only
 
         batch = image.shape[0]
         dense = self.masker.dense_embedding(clip_tokens, grid)  # V [B, D, H', W']

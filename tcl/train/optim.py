@@ -41,8 +41,14 @@ def parameter_groups(model: nn.Module, weight_decay: float, names: list[str] | N
 
 def build_optimizer(model: nn.Module, lr: float, weight_decay: float = 0.05, betas=(0.9, 0.999), eps: float = 1e-6,
                     names: list[str] | None = None) -> torch.optim.AdamW:
-    """AdamW over :func:`parameter_groups` (released config: wd 0.05, eps 1e-6)."""
-    return torch.optim.AdamW(parameter_groups(model, weight_decay, names), lr=lr, betas=tuple(betas), eps=eps)
+    """AdamW over :func:`parameter_groups` (released config: wd 0.05, eps 1e-6).
+
+    ``foreach``: the multi-tensor implementation, which CUDA picks by default, also on CPU, where the
+    default per-parameter loop took ~25% longer on the masker's 29M parameters; it gives the same values
+    bit for bit (``fused`` would not: its kernel rounds differently).
+    """
+    return torch.optim.AdamW(parameter_groups(model, weight_decay, names), lr=lr, betas=tuple(betas), eps=eps,
+                             foreach=True)
 
 
 def scaled_learning_rates(base_lr: float, min_lr: float, global_batch: int) -> tuple[float, float]:

@@ -1,8 +1,18 @@
 from __future__ import annotations
 
+import copy
+
+import pytest
 import torch
 
-from tcl.model.clip_towers import PositionalEmbeddingCache, embed_patches, run_self_only_block
+from tcl.model.clip_towers import (
+    PositionalEmbeddingCache,
+    embed_patches,
+    encode_captions,
+    run_block,
+    run_first_token_block,
+    run_self_only_block,
+)
 from tests import reference_official as ref
 
 
@@ -51,3 +61,72 @@ def test_encode_image_follows_average_pooling_towers(tiny_clip_config):
     image = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
         assert torch.allclose(model.encode_image(image), model.clip.encode_image(image), atol=1e-5)
+
+
+def _block_and_tokens(tiny_tcl, trainable: bool):
+    block = copy.deepcopy(tiny_tcl.clip.visual.transformer.resblocks[1]).requires_grad_(trainable)
+    return block, torch.randn(3, 17, 64, requires_grad=True)
+
+
+@pytest.mark.parametrize("trainable", [False, True])
+def test_recorded_block_equals_open_clip_block_with_gradients(tiny_tcl, trainable):
+    # run_block computes the attention itself when autograd records it (the masked re-encoding of the
+    # training step): outputs and every gradient must be those of open_clip's own block.
+    block, x = _block_and_tokens(tiny_tcl, trainable)
+    ours = run_block(block, x)
+    expected = block(x)
+    weight = torch.randn_like(expected)
+    inputs = [x, *(p for p in block.parameters() if trainable)]
+    grads = torch.autograd.grad((ours * weight).sum(), inputs)
+    expected_grads = torch.autograd.grad((expected * weight).sum(), inputs)
+    assert torch.allclose(ours, expected, atol=1e-6)
+    for got, want in zip(grads, expected_grads, strict=True):
+        assert torch.allclose(got, want, atol=1e-6, rtol=1e-5)
+
+
+def test_recorded_block_runs_no_batched_matmul(tiny_tcl):
+    # nn.MultiheadAttention(batch_first=True) under autograd runs its in-projection as a bmm over
+    # tokens (1 s per ViT-B/16 training step on CPU); run_block must keep it one GEMM.
+    block, x = _block_and_tokens(tiny_tcl, trainable=False)
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        run_block(block, x).sum().backward()
+    names = {event.key for event in prof.key_averages()}
+    assert "aten::addmm" in names and "aten::bmm" not in names
+
+
+@pytest.mark.parametrize("trainable", [False, True])
+def test_first_token_block_equals_the_blocks_first_row(tiny_tcl, trainable):
+    block, x = _block_and_tokens(tiny_tcl, trainable)
+    ours = run_first_token_block(block, x)
+    expected = block(x)[:, :1]
+    assert ours.shape == (3, 1, 64)
+    weight = torch.randn_like(expected)
+    inputs = [x, *(p for p in block.parameters() if trainable)]
+    grads = torch.autograd.grad((ours * weight).sum(), inputs)
+    expected_grads = torch.autograd.grad((expected * weight).sum(), inputs)
+    assert torch.allclose(ours, expected, atol=1e-6)
+    for got, want in zip(grads, expected_grads, strict=True):
+        assert torch.allclose(got, want, atol=1e-6, rtol=1e-5)
+
+
+def test_encode_image_gradient_matches_open_clip(tiny_tcl):
+    # The masked-image loss backpropagates through encode_image into the mask: its gradient with
+    # respect to the image must be open_clip's (whose last block computes every token).
+    image = torch.randn(2, 3, 64, 64, requires_grad=True)
+    weight = torch.randn(2, tiny_tcl.clip.visual.proj.shape[1])
+    (ours,) = torch.autograd.grad((tiny_tcl.encode_image(image) * weight).sum(), image)
+    (expected,) = torch.autograd.grad((tiny_tcl.clip.encode_image(image) * weight).sum(), image)
+    assert torch.allclose(ours, expected, atol=1e-6, rtol=1e-4)
+    assert expected.abs().max() > 1e-4
+
+
+def test_captions_are_encoded_like_open_clip_on_their_used_positions(tiny_tcl):
+    context = tiny_tcl.clip.attn_mask.shape[0]
+    captions = ["a", "a red square on a table", " ".join(["cat"] * (2 * context))]  # the last one fills it
+    tokens = tiny_tcl.tokenize(captions)
+    assert tokens.argmax(dim=-1).tolist()[-1] == context - 1
+    with torch.no_grad():
+        expected = tiny_tcl.clip.encode_text(tokens, normalize=False)
+        assert torch.allclose(encode_captions(tiny_tcl.clip, tokens), expected, atol=1e-5)
+        short = tokens[:2]  # their context is cut after the longer one's end-of-text token
+        assert torch.allclose(encode_captions(tiny_tcl.clip, short), expected[:2], atol=1e-5)

@@ -57,3 +57,25 @@ def test_scalars_can_be_left_undecayed(tiny_tcl):
     decay, no_decay = parameter_groups(tiny_tcl, weight_decay=0.1, decay_scalars=False)
     assert all(p.ndim >= 2 for p in decay["params"])
     assert any(p.ndim == 0 for p in no_decay["params"])  # logit scales, Sim2Mask w/b, gates
+
+
+def test_optimizer_steps_equal_the_per_parameter_adamw_bit_for_bit(tiny_tcl):
+    # build_optimizer picks a faster AdamW implementation; the trained weights must not change.
+    import copy
+
+    import torch
+
+    models = [tiny_tcl, copy.deepcopy(tiny_tcl)]
+    ours = build_optimizer(models[0], lr=1e-3)
+    groups = parameter_groups(models[1], 0.05)
+    reference = torch.optim.AdamW(groups, lr=1e-3, betas=(0.9, 0.999), eps=1e-6, foreach=False, fused=False)
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(3):
+        for a, b in zip(models[0].trainable_parameters().values(), models[1].trainable_parameters().values(),
+                        strict=True):
+            a.grad = torch.randn(a.shape, generator=generator)
+            b.grad = a.grad.clone()
+        ours.step()
+        reference.step()
+    for a, b in zip(models[0].trainable_parameters().values(), models[1].trainable_parameters().values(), strict=True):
+        assert torch.equal(a, b)

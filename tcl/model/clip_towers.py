@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .fast_blocks import enabled as fast_blocks_enabled
-from .fast_blocks import is_plain_block, run_plain_block, run_plain_self_only_block
+from .fast_blocks import is_plain_attention, is_plain_block, run_plain_block, run_plain_self_only_block
 
 __all__ = [
     "PositionalEmbeddingCache",
@@ -83,12 +83,6 @@ def embed_patches(visual: nn.Module, image: torch.Tensor, pos_cache: PositionalE
     return visual.ln_pre(x), grid
 
 
-def _plain_self_attention(attn: nn.Module) -> bool:
-    """Whether ``attn`` is a plain ``nn.MultiheadAttention`` that :func:`_self_attention` reproduces."""
-    return (type(attn) is nn.MultiheadAttention and attn._qkv_same_embed_dim and attn.in_proj_bias is not None
-            and attn.bias_k is None and attn.bias_v is None and not attn.add_zero_attn)
-
-
 def _self_attention(attn: nn.MultiheadAttention, x: torch.Tensor,
                     attn_mask: torch.Tensor | None = None) -> torch.Tensor:
     """``attn(x, x, x, need_weights=False)[0]`` on batch-first tokens [B, L, E], without transposing them.
@@ -113,7 +107,7 @@ def _self_attention(attn: nn.MultiheadAttention, x: torch.Tensor,
 def _plain_block(block: nn.Module) -> bool:
     """Whether ``block`` is a plain open_clip ``ResidualAttentionBlock`` (self-attention, LN, MLP)."""
     attn = getattr(block, "attn", None)
-    return (attn is not None and _plain_self_attention(attn) and not hasattr(block, "ln_1_kv")
+    return (is_plain_attention(attn) and not hasattr(block, "ln_1_kv")
             and all(hasattr(block, name) for name in ("ln_1", "ln_2", "mlp", "ls_1", "ls_2")))
 
 

@@ -23,7 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["linear", "is_plain_block", "run_plain_block", "run_plain_self_only_block", "enabled", "use_fast_blocks"]
+__all__ = ["linear", "is_plain_attention", "is_plain_block", "run_plain_block", "run_plain_self_only_block", "enabled",
+           "use_fast_blocks"]
 
 _ENABLED = [True]
 
@@ -60,14 +61,18 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
     return out.permute(0, 2, 3, 1).reshape(*lead, weight.shape[0])
 
 
+def is_plain_attention(attn: nn.Module | None) -> bool:
+    """Whether ``attn`` is a plain ``nn.MultiheadAttention``: one packed in-projection with biases, no extra
+    key/value biases, no zero attention."""
+    return (type(attn) is nn.MultiheadAttention and attn._qkv_same_embed_dim and attn.in_proj_bias is not None
+            and attn.bias_k is None and attn.bias_v is None and not attn.add_zero_attn)
+
+
 def is_plain_block(block: nn.Module) -> bool:
     """Whether ``block`` is a plain open_clip ``ResidualAttentionBlock`` that :func:`run_plain_block` reproduces:
-    ``nn.MultiheadAttention`` self-attention with one packed in-projection and biases, and an MLP
-    ``c_fc → act → c_proj``."""
-    attn = getattr(block, "attn", None)
+    :func:`is_plain_attention` self-attention and an MLP ``c_fc → act → c_proj``."""
     mlp = getattr(block, "mlp", None)
-    return (type(attn) is nn.MultiheadAttention and attn._qkv_same_embed_dim and attn.in_proj_bias is not None
-            and attn.bias_k is None and attn.bias_v is None and not attn.add_zero_attn
+    return (is_plain_attention(getattr(block, "attn", None))
             and not hasattr(block, "ln_1_kv") and all(hasattr(block, n) for n in ("ln_1", "ln_2", "ls_1", "ls_2"))
             and isinstance(mlp, nn.Sequential) and all(hasattr(mlp, n) for n in ("c_fc", "gelu", "c_proj")))
 

@@ -68,6 +68,16 @@ def _block_and_tokens(tiny_tcl, trainable: bool):
     return block, torch.randn(3, 17, 64, requires_grad=True)
 
 
+def _assert_same_values_and_gradients(ours: torch.Tensor, expected: torch.Tensor, inputs: list[torch.Tensor]) -> None:
+    """Equal outputs, and equal gradients of a random projection of them with respect to ``inputs``."""
+    weight = torch.randn_like(expected)
+    grads = torch.autograd.grad((ours * weight).sum(), inputs)
+    expected_grads = torch.autograd.grad((expected * weight).sum(), inputs)
+    assert torch.allclose(ours, expected, atol=1e-6)
+    for got, want in zip(grads, expected_grads, strict=True):
+        assert torch.allclose(got, want, atol=1e-6, rtol=1e-5)
+
+
 @pytest.mark.parametrize("trainable", [False, True])
 def test_recorded_block_equals_open_clip_block_with_gradients(tiny_tcl, trainable):
     # run_block computes the attention itself when autograd records it (the masked re-encoding of the
@@ -75,13 +85,7 @@ def test_recorded_block_equals_open_clip_block_with_gradients(tiny_tcl, trainabl
     block, x = _block_and_tokens(tiny_tcl, trainable)
     ours = run_block(block, x)
     expected = block(x)
-    weight = torch.randn_like(expected)
-    inputs = [x, *(p for p in block.parameters() if trainable)]
-    grads = torch.autograd.grad((ours * weight).sum(), inputs)
-    expected_grads = torch.autograd.grad((expected * weight).sum(), inputs)
-    assert torch.allclose(ours, expected, atol=1e-6)
-    for got, want in zip(grads, expected_grads, strict=True):
-        assert torch.allclose(got, want, atol=1e-6, rtol=1e-5)
+    _assert_same_values_and_gradients(ours, expected, [x, *(p for p in block.parameters() if trainable)])
 
 
 def test_recorded_block_runs_no_batched_matmul(tiny_tcl):
@@ -100,13 +104,7 @@ def test_first_token_block_equals_the_blocks_first_row(tiny_tcl, trainable):
     ours = run_first_token_block(block, x)
     expected = block(x)[:, :1]
     assert ours.shape == (3, 1, 64)
-    weight = torch.randn_like(expected)
-    inputs = [x, *(p for p in block.parameters() if trainable)]
-    grads = torch.autograd.grad((ours * weight).sum(), inputs)
-    expected_grads = torch.autograd.grad((expected * weight).sum(), inputs)
-    assert torch.allclose(ours, expected, atol=1e-6)
-    for got, want in zip(grads, expected_grads, strict=True):
-        assert torch.allclose(got, want, atol=1e-6, rtol=1e-5)
+    _assert_same_values_and_gradients(ours, expected, [x, *(p for p in block.parameters() if trainable)])
 
 
 def test_encode_image_gradient_matches_open_clip(tiny_tcl):

@@ -643,15 +643,10 @@ def run(args: argparse.Namespace, device: torch.device) -> tuple[dict, bool]:
     return report, all(report["checks"].values())
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str):
-        print(f"{PROG}: error: {message} (see --help)", file=sys.stderr)
-        sys.exit(2)
-
-
 def main(argv: list[str] | None = None) -> int:
-    parser = _Parser(prog="python benchmarks/gpu_acceptance.py", description=__doc__.split("\n\n")[0],
-                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    from pipelines.runner import CommandParser
+
+    parser = CommandParser(prog="python benchmarks/gpu_acceptance.py", doc=__doc__, label=PROG)
     parser.add_argument("--device", choices=("cuda", "cpu"), help="cuda (the default when available) or cpu")
     parser.add_argument("--tiny", action="store_true", help="a tiny CLIP and small batches (a CPU check in seconds)")
     parser.add_argument("--steps", type=int, help="at most this many timed train_step calls per phase "

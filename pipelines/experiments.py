@@ -13,7 +13,6 @@ metrics DVC could not read (a failed experiment) shows ``!``; a missing value, `
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import subprocess
@@ -23,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pipelines.runner import run_command
+from pipelines.runner import CommandParser, run_command
 from tcl.errors import TCLError
 
 __all__ = ["REPORT", "ExpRow", "rows_from_exp_show", "changed_params", "render_table", "exp_show_json", "main"]
@@ -154,15 +153,8 @@ def exp_show_json(root: str | os.PathLike, extra: Sequence[str] = ()) -> Any:
         raise TCLError("dvc exp show --json printed no JSON") from None
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str):
-        print(f"{PROG}: error: {message} (see --help)", file=sys.stderr)
-        sys.exit(2)
-
-
 def main(argv: list[str] | None = None) -> int:
-    parser = _Parser(prog="python -m pipelines.experiments", description=__doc__.split("\n\n")[0],
-                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__,
+    parser = CommandParser(prog="python -m pipelines.experiments", doc=__doc__, label=PROG,
                      usage="%(prog)s [--root DIR | --input FILE] [dvc exp show arguments ...]")
     parser.add_argument("--root", type=Path, default=PROJECT_ROOT, help="project checkout (this one)")
     parser.add_argument("--input", type=Path, metavar="FILE", help="a saved `dvc exp show --json` output")

@@ -30,20 +30,14 @@ import sys
 from pathlib import Path
 
 from pipelines.overrides import add_override_arguments
+from pipelines.runner import CommandParser
 
 PROG = "run"
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str):
-        print(f"{PROG}: error: {message} (see --help)", file=sys.stderr)
-        sys.exit(2)
-
-
 def main(argv: list[str] | None = None) -> int:
-    parser = _Parser(prog="python -m pipelines.run", description=__doc__.split("\n\n")[0],
-                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    parser = CommandParser(prog="python -m pipelines.run", doc=__doc__, label=PROG)
     parser.add_argument("targets", nargs="*", help="stages to bring up to date, with what they need (all)")
     add_override_arguments(parser, "parameter override, as for dvc exp run -S (repeatable; YAML values)")
     parser.add_argument("--overrides-file", type=Path, help="YAML file of dotted keys, e.g. configs/paper.yaml")

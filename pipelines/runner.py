@@ -9,10 +9,26 @@ else is a bug and keeps its traceback. Every stage (``stages/common.py`` re-expo
 
 from __future__ import annotations
 
+import argparse
 import sys
 from collections.abc import Callable
 
-__all__ = ["run_command"]
+__all__ = ["CommandParser", "run_command"]
+
+
+class CommandParser(argparse.ArgumentParser):
+    """The argument parser of every command line here: the module docstring's first paragraph as the
+    description and the whole docstring as the epilog, and a bad argument as one line
+    ``<label>: error: ... (see --help)``, exit 2 (``label`` defaults to ``prog``)."""
+
+    def __init__(self, prog: str, doc: str, label: str | None = None, **kwargs) -> None:
+        super().__init__(prog=prog, description=doc.split("\n\n")[0], epilog=doc,
+                         formatter_class=argparse.RawDescriptionHelpFormatter, **kwargs)
+        self.label = label or prog
+
+    def error(self, message: str):
+        print(f"{self.label}: error: {message} (see --help)", file=sys.stderr)
+        sys.exit(2)
 
 
 def run_command(prog: str, work: Callable[[], int | None], *,

@@ -19,10 +19,10 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 from pathlib import Path
 
 from pipelines.overrides import add_override_arguments
+from pipelines.runner import CommandParser
 from pipelines.runner import run_command as run_stage
 
 __all__ = ["StageParser", "add_override_arguments", "run_stage"]
@@ -34,10 +34,8 @@ __all__ = ["StageParser", "add_override_arguments", "run_stage"]
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
-class StageParser(argparse.ArgumentParser):
-    def __init__(self, prog: str, doc: str, **kwargs) -> None:
-        super().__init__(prog=prog, description=doc.split("\n\n")[0], epilog=doc,
-                         formatter_class=argparse.RawDescriptionHelpFormatter, **kwargs)
+class StageParser(CommandParser):
+    """A stage's parser: :class:`pipelines.runner.CommandParser` with the parameter options."""
 
     def add_params_arguments(self, steps_key: str | None = None) -> None:
         """``--params FILE`` and ``-S/--set KEY=VALUE``; with ``steps_key``, also ``--steps N`` as a
@@ -57,7 +55,3 @@ class StageParser(argparse.ArgumentParser):
         steps_key = getattr(args, "_steps_key", None)
         extra = [f"{steps_key}={args.steps}"] if steps_key and args.steps is not None else []
         return validate_overrides(args.params, parse_overrides([*args.overrides, *extra]))
-
-    def error(self, message: str):
-        print(f"{self.prog}: error: {message} (see --help)", file=sys.stderr)
-        sys.exit(2)

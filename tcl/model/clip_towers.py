@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .fast_blocks import enabled as fast_blocks_enabled
-from .fast_blocks import is_plain_attention, is_plain_block, run_plain_block, run_plain_self_only_block
+from .fast_blocks import is_plain_attention, is_plain_block, linear, run_plain_block, run_plain_self_only_block
 
 __all__ = [
     "PositionalEmbeddingCache",
@@ -83,6 +83,20 @@ def embed_patches(visual: nn.Module, image: torch.Tensor, pos_cache: PositionalE
     return visual.ln_pre(x), grid
 
 
+def _linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """The products of the paths below: :func:`tcl.model.fast_blocks.linear` (oneDNN forwards and backwards,
+    the same arithmetic) unless :func:`tcl.model.fast_blocks.use_fast_blocks` switched it off (``F.linear``)."""
+    return linear(x, weight, bias) if fast_blocks_enabled() else F.linear(x, weight, bias)
+
+
+def _mlp(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``block.mlp(x)``, its two products through :func:`_linear` for a plain open_clip MLP."""
+    if not is_plain_block(block):
+        return block.mlp(x)
+    mlp = block.mlp
+    return _linear(mlp.gelu(_linear(x, mlp.c_fc.weight, mlp.c_fc.bias)), mlp.c_proj.weight, mlp.c_proj.bias)
+
+
 def _self_attention(attn: nn.MultiheadAttention, x: torch.Tensor,
                     attn_mask: torch.Tensor | None = None) -> torch.Tensor:
     """``attn(x, x, x, need_weights=False)[0]`` on batch-first tokens [B, L, E], without transposing them.
@@ -96,12 +110,12 @@ def _self_attention(attn: nn.MultiheadAttention, x: torch.Tensor,
     """
     batch, length, width = x.shape
     heads = attn.num_heads
-    qkv = F.linear(x, attn.in_proj_weight, attn.in_proj_bias)  # [B, L, 3E]
+    qkv = _linear(x, attn.in_proj_weight, attn.in_proj_bias)  # [B, L, 3E]
     q, k, v = qkv.view(batch, length, 3, heads, width // heads).permute(2, 0, 3, 1, 4).unbind(0)
     out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask,
                                          dropout_p=attn.dropout if attn.training else 0.0)
     out = out.transpose(1, 2).reshape(batch, length, width)
-    return F.linear(out, attn.out_proj.weight, attn.out_proj.bias)
+    return _linear(out, attn.out_proj.weight, attn.out_proj.bias)
 
 
 def _plain_block(block: nn.Module) -> bool:
@@ -115,12 +129,13 @@ def run_block(block: nn.Module, x: torch.Tensor, batch_first: bool = True) -> to
     """One standard open_clip residual attention block on batch-first tokens.
 
     Where autograd records the block, a plain open_clip ``ResidualAttentionBlock`` is run through
-    :func:`_self_attention` (see there why); without gradients the block's own ``forward`` is kept,
-    so ``nn.MultiheadAttention``'s fused inference path and the inference numerics are unchanged.
+    :func:`_self_attention` (see there why) and :func:`_mlp`, every product through :func:`_linear`; without
+    gradients the block's own ``forward`` is kept, so ``nn.MultiheadAttention``'s fused inference path and the
+    inference numerics are unchanged.
     """
     if torch.is_grad_enabled() and _plain_block(block):
         x = x + block.ls_1(_self_attention(block.attn, block.ln_1(x)))  # either tower layout: x is batch-first here
-        return x + block.ls_2(block.mlp(block.ln_2(x)))
+        return x + block.ls_2(_mlp(block, block.ln_2(x)))
     if batch_first:
         return block(x)
     return block(x.transpose(0, 1)).transpose(0, 1)
@@ -137,14 +152,14 @@ def run_first_token_block(block: nn.Module, x: torch.Tensor, batch_first: bool =
         return run_block(block, x, batch_first)[:, :1]
     attn, width, heads = block.attn, x.shape[-1], block.attn.num_heads
     h = block.ln_1(x)
-    q = F.linear(h[:, :1], attn.in_proj_weight[:width], attn.in_proj_bias[:width])  # [B, 1, E]
-    kv = F.linear(h, attn.in_proj_weight[width:], attn.in_proj_bias[width:])  # [B, L, 2E]
+    q = _linear(h[:, :1], attn.in_proj_weight[:width], attn.in_proj_bias[:width])  # [B, 1, E]
+    kv = _linear(h, attn.in_proj_weight[width:], attn.in_proj_bias[width:])  # [B, L, 2E]
     k, v = kv.view(*x.shape[:2], 2, heads, width // heads).permute(2, 0, 3, 1, 4).unbind(0)
     q = q.view(x.shape[0], 1, heads, width // heads).transpose(1, 2)
     out = F.scaled_dot_product_attention(q, k, v, dropout_p=attn.dropout if attn.training else 0.0)
-    out = F.linear(out.transpose(1, 2).reshape(x.shape[0], 1, width), attn.out_proj.weight, attn.out_proj.bias)
+    out = _linear(out.transpose(1, 2).reshape(x.shape[0], 1, width), attn.out_proj.weight, attn.out_proj.bias)
     cls = x[:, :1] + block.ls_1(out)
-    return cls + block.ls_2(block.mlp(block.ln_2(cls)))
+    return cls + block.ls_2(_mlp(block, block.ln_2(cls)))
 
 
 def encode_captions(clip: nn.Module, tokens: torch.Tensor) -> torch.Tensor:
@@ -170,7 +185,7 @@ def encode_captions(clip: nn.Module, tokens: torch.Tensor) -> torch.Tensor:
     mask = clip.attn_mask[:length, :length].to(dtype)
     for block in blocks:
         x = x + block.ls_1(_self_attention(block.attn, block.ln_1(x), mask))
-        x = x + block.ls_2(block.mlp(block.ln_2(x)))
+        x = x + block.ls_2(_mlp(block, block.ln_2(x)))
     x = clip.ln_final(x)[torch.arange(x.shape[0], device=x.device), eot]
     if clip.text_projection is None:
         return x
@@ -189,9 +204,9 @@ def run_self_only_block(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """
     attn = block.attn
     width = x.shape[-1]
-    v = F.linear(block.ln_1(x), attn.in_proj_weight[2 * width:], attn.in_proj_bias[2 * width:])
-    x = x + block.ls_1(attn.out_proj(v))
-    return x + block.ls_2(block.mlp(block.ln_2(x)))
+    v = _linear(block.ln_1(x), attn.in_proj_weight[2 * width:], attn.in_proj_bias[2 * width:])
+    x = x + block.ls_1(_linear(v, attn.out_proj.weight, attn.out_proj.bias))
+    return x + block.ls_2(_mlp(block, block.ln_2(x)))
 
 
 def run_blocks(blocks, x: torch.Tensor, self_only_last: bool, batch_first: bool = True) -> torch.Tensor:
@@ -213,9 +228,15 @@ def run_blocks(blocks, x: torch.Tensor, self_only_last: bool, batch_first: bool 
 
 
 def project_tokens(ln: nn.Module, proj: torch.Tensor | None, x: torch.Tensor) -> torch.Tensor:
-    """CLIP's ``ln_post`` then ``@ proj`` applied per token ([..., width] -> [..., embed_dim])."""
+    """CLIP's ``ln_post`` then ``@ proj`` applied per token ([..., width] -> [..., embed_dim]).
+
+    Where autograd records it (the masker's head in a training step) the product goes through :func:`_linear`;
+    inference keeps the BLAS product and its numerics.
+    """
     x = ln(x)
-    return x @ proj if proj is not None else x
+    if proj is None:
+        return x
+    return _linear(x, proj.t()) if torch.is_grad_enabled() else x @ proj
 
 
 def tokens_to_map(x: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:

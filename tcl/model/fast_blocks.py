@@ -1,13 +1,16 @@
-"""Inference kernels for CLIP's transformer blocks: the same arithmetic as open_clip's, faster kernels.
+"""Faster kernels for CLIP's transformer blocks: the same arithmetic as open_clip's.
 
-Used by :func:`tcl.model.clip_towers.run_blocks` when autograd is off (evaluation, ``tcl predict``,
-the frozen CLIP of a training step); training through the masker's block copies keeps its own path.
-What changes is only *which kernel* computes each product, never the computation:
+:func:`run_plain_block` and :func:`run_plain_self_only_block` serve :func:`tcl.model.clip_towers.run_blocks`
+when autograd is off (evaluation, ``tcl predict``, the frozen CLIP of a training step); :func:`linear` also
+computes the products of the recorded paths of :mod:`tcl.model.clip_towers` (the masked re-encoding of a
+training step, the masker's block copies and head). What changes is only *which kernel* computes each
+product, never the computation:
 
 * :func:`linear` computes ``x @ weightᵀ + bias`` in fp32 on CPU as a 1×1 convolution of a channel-last
   view of ``x`` (no copy): the same matrix product, run by oneDNN instead of the BLAS ``addmm`` (on the
   AMD EPYC CPUs this project is measured on, oneDNN's fp32 kernels are 1.3–1.8× faster at CLIP's shapes).
-  Elsewhere (GPU, other dtypes, autocast) it is ``F.linear``.
+  Under autograd it is :class:`OneDNNLinear`, whose backward keeps the fastest kernel of each product
+  (benchmarks/train_step.py). Elsewhere (GPU, other dtypes, autocast) it is ``F.linear``.
 * :func:`run_plain_block` is open_clip's ``ResidualAttentionBlock`` (LN → multi-head self-attention →
   residual → LN → MLP → residual) with the in/out projections and the MLP through :func:`linear` and the
   attention softmax(QKᵀ/√d)V through ``F.scaled_dot_product_attention``, on batch-first tokens.
@@ -23,8 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["linear", "is_plain_attention", "is_plain_block", "run_plain_block", "run_plain_self_only_block", "enabled",
-           "use_fast_blocks"]
+__all__ = ["linear", "OneDNNLinear", "is_plain_attention", "is_plain_block", "run_plain_block",
+           "run_plain_self_only_block", "enabled", "use_fast_blocks"]
 
 _ENABLED = [True]
 
@@ -50,15 +53,64 @@ def _use_onednn(x: torch.Tensor, weight: torch.Tensor) -> bool:
             and not torch.is_autocast_enabled("cpu") and x.numel() > 0)
 
 
+def _as_image(rows: torch.Tensor) -> torch.Tensor:
+    """A [N, C] matrix as the [1, C, N, 1] image of N pixels with channel-last strides (a view, no copy)."""
+    return rows.view(1, rows.shape[0], 1, rows.shape[1]).permute(0, 3, 1, 2)
+
+
+def _conv1x1(rows: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """``rows @ weightᵀ + bias`` for rows [N, C], weight [K, C], as a oneDNN 1×1 convolution → [N, K]."""
+    out = F.conv2d(_as_image(rows), weight[:, :, None, None], bias)
+    return out.permute(0, 2, 3, 1).reshape(rows.shape[0], weight.shape[0])
+
+
+class OneDNNLinear(torch.autograd.Function):
+    """``F.linear(x, weight, bias)`` (fp32, CPU) with each product of the forward and backward in its fastest
+    kernel at CLIP's shapes; exact up to fp32 rounding.
+
+    * forward ``x Wᵀ + b``: a oneDNN 1×1 convolution;
+    * input gradient ``g W``: its adjoint, a oneDNN 1×1 transposed convolution (≈2× faster than the BLAS
+      ``mm`` of ``F.linear``'s backward);
+    * weight gradient ``gᵀ x``: the BLAS ``mm``, as in ``F.linear`` (oneDNN's weight gradient of a 1×1
+      convolution measured ≈1.2× slower than the whole of ``F.linear``'s backward); bias gradient ``Σ g``.
+
+    Only the gradients autograd asks for are computed, and ``x`` is kept for the backward only when the
+    weight needs a gradient (a frozen CLIP's re-encoding keeps nothing more than ``F.linear`` would).
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:  # noqa: D102
+        rows = x.reshape(-1, x.shape[-1])
+        ctx.save_for_backward(rows if ctx.needs_input_grad[1] else None, weight)
+        ctx.input_shape = x.shape
+        return _conv1x1(rows, weight, bias).view(*x.shape[:-1], weight.shape[0])
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad: torch.Tensor):  # noqa: D102
+        rows, weight = ctx.saved_tensors
+        grad_rows = grad.reshape(-1, grad.shape[-1])
+        grad_x = grad_weight = grad_bias = None
+        if ctx.needs_input_grad[0]:
+            grad_x = F.conv_transpose2d(_as_image(grad_rows), weight[:, :, None, None])
+            grad_x = grad_x.permute(0, 2, 3, 1).reshape(ctx.input_shape)
+        if ctx.needs_input_grad[1]:
+            grad_weight = grad_rows.t() @ rows
+        if ctx.needs_input_grad[2]:
+            grad_bias = grad_rows.sum(0)
+        return grad_x, grad_weight, grad_bias
+
+
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """``F.linear(x, weight, bias)`` for x [..., C], weight [K, C]; fp32 CPU products run in oneDNN."""
+    """``F.linear(x, weight, bias)`` for x [..., C], weight [K, C]; fp32 CPU products run in oneDNN
+    (:class:`OneDNNLinear` where autograd records the call)."""
     if not _use_onednn(x, weight):
         return F.linear(x, weight, bias)
+    if torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad
+                                    or (bias is not None and bias.requires_grad)):
+        return OneDNNLinear.apply(x, weight, bias)
     *lead, channels = x.shape
-    rows = x.reshape(-1, channels)
-    image = rows.view(1, rows.shape[0], 1, channels).permute(0, 3, 1, 2)  # [1, C, N, 1], channel-last strides
-    out = F.conv2d(image, weight[:, :, None, None], bias)
-    return out.permute(0, 2, 3, 1).reshape(*lead, weight.shape[0])
+    return _conv1x1(x.reshape(-1, channels), weight, bias).view(*lead, weight.shape[0])
 
 
 def is_plain_attention(attn: nn.Module | None) -> bool:

@@ -13,6 +13,7 @@ from tcl.model.clip_towers import (
     run_first_token_block,
     run_self_only_block,
 )
+from tcl.model.fast_blocks import use_fast_blocks
 from tests import reference_official as ref
 
 
@@ -88,14 +89,17 @@ def test_recorded_block_equals_open_clip_block_with_gradients(tiny_tcl, trainabl
     _assert_same_values_and_gradients(ours, expected, [x, *(p for p in block.parameters() if trainable)])
 
 
-def test_recorded_block_runs_no_batched_matmul(tiny_tcl):
+@pytest.mark.parametrize("fast", [True, False])
+def test_recorded_block_runs_no_batched_matmul(tiny_tcl, fast):
     # nn.MultiheadAttention(batch_first=True) under autograd runs its in-projection as a bmm over
-    # tokens (1 s per ViT-B/16 training step on CPU); run_block must keep it one GEMM.
+    # tokens (1 s per ViT-B/16 training step on CPU); run_block must keep it one product: the oneDNN
+    # autograd function by default, one BLAS GEMM with the fast kernels switched off.
     block, x = _block_and_tokens(tiny_tcl, trainable=False)
-    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+    with use_fast_blocks(fast), torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
         run_block(block, x).sum().backward()
     names = {event.key for event in prof.key_averages()}
-    assert "aten::addmm" in names and "aten::bmm" not in names
+    assert "aten::bmm" not in names
+    assert ("OneDNNLinearBackward" in names and "aten::addmm" not in names) if fast else "aten::addmm" in names
 
 
 @pytest.mark.parametrize("trainable", [False, True])

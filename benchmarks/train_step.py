@@ -13,7 +13,11 @@ training-step work (issue 15), restated below and swapped in for its rounds only
   runs its in-projection on transposed tokens as a batched matmul of 197 small products (``aten::bmm``);
 * ``TCL.encode_image`` ran the whole last CLIP block although class-token pooling reads one row of it;
 * the captions went through open_clip's ``encode_text``: all 77 positions (a causal tower pooled at the
-  end-of-text token reads none after it), through the same transposed ``bmm`` in-projection.
+  end-of-text token reads none after it), through the same transposed ``bmm`` in-projection;
+* the recorded products (masker block and head, the rest of the re-encoding) were ``F.linear`` (BLAS), not
+  :class:`tcl.model.fast_blocks.OneDNNLinear`;
+* the decoder's stages under autograd were the reference's (nearest upsampling, then two direct 3×3
+  convolutions), not :meth:`tcl.model.decoder.UpsampleStage.forward_recorded`'s polyphase first block.
 
 Before timing, both forms are run with the same Gumbel noise and must agree (each loss term within
 ``--loss-rtol``, each trainable gradient within ``--grad-rtol`` relative L2). Then one warm-up step of each,
@@ -41,10 +45,12 @@ from pathlib import Path  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
 from torch import nn  # noqa: E402
 
 from tcl.atomic import write_json_atomic  # noqa: E402
 from tcl.model import TCL, TCLConfig, clip_towers, create_clip  # noqa: E402
+from tcl.model import decoder as decoder_module  # noqa: E402
 from tcl.model import tcl as tcl_module  # noqa: E402
 
 __all__ = ["previous_forms", "build", "training_step", "compare_forms", "main"]
@@ -76,16 +82,24 @@ def _previous_encode_captions(clip: nn.Module, tokens: torch.Tensor) -> torch.Te
     return clip.encode_text(tokens, normalize=False)
 
 
+def _previous_recorded_stage(self: decoder_module.UpsampleStage, x: torch.Tensor) -> torch.Tensor:
+    return self(x, reference=True)
+
+
 @contextlib.contextmanager
 def previous_forms() -> Iterator[None]:
     """Run the model through the forms used before the training-step work (see the module docstring)."""
-    saved = clip_towers.run_block, TCL.encode_image, tcl_module.encode_captions
+    stage = decoder_module.UpsampleStage
+    saved = (clip_towers.run_block, TCL.encode_image, tcl_module.encode_captions, clip_towers._linear,
+             stage.forward_recorded)
     clip_towers.run_block, TCL.encode_image = _previous_run_block, _previous_encode_image
-    tcl_module.encode_captions = _previous_encode_captions
+    tcl_module.encode_captions, clip_towers._linear = _previous_encode_captions, F.linear
+    stage.forward_recorded = _previous_recorded_stage
     try:
         yield
     finally:
-        clip_towers.run_block, TCL.encode_image, tcl_module.encode_captions = saved
+        (clip_towers.run_block, TCL.encode_image, tcl_module.encode_captions, clip_towers._linear,
+         stage.forward_recorded) = saved
 
 
 # ----------------------------------------------------------------------------- the step

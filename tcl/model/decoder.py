@@ -9,7 +9,8 @@ Two forward paths compute the same function (``reference=True`` selects the firs
 * the *reference* path is the official computation order: nearest ×2 upsampling, then
   LayerNorm → GELU → 3×3 convolution (``nn.Conv2d``) → gate, twice, on channel-first maps;
 * the *fast* path (the default for inference on CPU; differentiable, see :meth:`GatedDecoder.forward` for
-  why training keeps the direct path by default) is an exact reformulation of it, about 2.25× fewer
+  why training runs :meth:`UpsampleStage.forward_recorded` instead: step 1 below, in native ops, with the
+  direct second convolution) is an exact reformulation of it, about 2.25× fewer
   multiply-adds in the convolutions, on channel-last maps (LayerNorm over the contiguous last axis,
   no permute copies). Why each step is exact:
 
@@ -50,9 +51,8 @@ __all__ = ["LayerNorm2d", "GatedConvBlock", "UpsampleStage", "GatedDecoder", "co
 
 # Winograd F(2×2, 3×3) matrices (Lavin & Gray 2016): output Aᵀ[(G g Gᵀ) ⊙ (Bᵀ d B)]A.
 _G = ((1.0, 0.0, 0.0), (0.5, 0.5, 0.5), (0.5, -0.5, 0.5), (0.0, 0.0, 1.0))
-# Polyphase tap sums along one axis: parity 0 reads (z[i−1], z[i]) with (k0, k1+k2), parity 1 reads
-# (z[i], z[i+1]) with (k0+k1, k2).
-_PHASES = (((1.0, 0.0, 0.0), (0.0, 1.0, 1.0)), ((1.0, 1.0, 0.0), (0.0, 0.0, 1.0)))
+# Polyphase tap sums along one axis (polyphase_kernels): parity 0 reads (z[i−1], z[i]) with (k0, k1+k2),
+# parity 1 reads (z[i], z[i+1]) with (k0+k1, k2).
 
 
 def _grouped_matmul(v: torch.Tensor, weight: torch.Tensor, groups: int) -> torch.Tensor:
@@ -75,11 +75,18 @@ def winograd_kernels(weight: torch.Tensor) -> torch.Tensor:
 
 
 def polyphase_kernels(weight: torch.Tensor) -> torch.Tensor:
-    """The four summed 2×2 kernels of a [K, C, 3, 3] kernel, as [4·K, C, 2, 2] (block 2·py+px)."""
-    r = weight.new_tensor(_PHASES).reshape(4, 3)  # rows (parity, tap)
+    """The four summed 2×2 kernels of a [K, C, 3, 3] kernel, as [4·K, C, 2, 2] (block 2·py+px).
+
+    The tap sums listed above written as slices and additions (stacked straight into the output layout):
+    in the autograd graph of a training step this and its backward cost a few ms, where the equivalent
+    ``r @ weight @ rᵀ`` with its permute copies took ≈0.2 s per step at ViT-B's 768 channels.
+    """
     k, c = weight.shape[:2]
-    summed = (r @ weight @ r.T).reshape(k, c, 2, 2, 2, 2)  # [K, C, py, a, px, b]
-    return summed.permute(2, 4, 0, 1, 3, 5).reshape(4 * k, c, 2, 2)
+    t0, t1, t2 = weight.unbind(2)  # the kernel's rows, [K, C, 3] each
+    rows = torch.stack([torch.stack([t0, t1 + t2], 2), torch.stack([t0 + t1, t2], 2)])  # [py, K, C, a, 3]
+    c0, c1, c2 = rows.unbind(4)
+    summed = torch.stack([torch.stack([c0, c1 + c2], -1), torch.stack([c0 + c1, c2], -1)], 1)  # [py, px, K, C, a, b]
+    return summed.reshape(4 * k, c, 2, 2)
 
 
 class _WinogradInput(torch.autograd.Function):
@@ -266,6 +273,26 @@ class UpsampleStage(nn.Module):
             return x + self.block2(x)
         return self.forward_channels_last(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
 
+    def forward_recorded(self, x: torch.Tensor) -> torch.Tensor:
+        """The training path on [B, C, h, w] maps → [B, C, 2h, 2w], native autograd ops only:
+        block 1 by the polyphase identity (LN and GELU on the low-res map, one 2×2 convolution with 4·C
+        outputs, its phases read through a strided view; 2.25× fewer multiply-adds forwards and backwards),
+        block 2 the direct 3×3 convolution (its Winograd form measured slower under autograd)."""
+        batch, channels, h, w = x.shape
+        b1, b2 = self.block1, self.block2
+        g1 = torch.tanh(b1.gate)
+        act = F.gelu(b1.norm(x)).contiguous()  # LayerNorm2d returns channel-last strides; oneDNN ran NCHW faster
+        out = F.conv2d(F.pad(act, (1, 1, 1, 1)), b1.kernels("polyphase"))  # [B, 4K, h+1, w+1]
+        k = out.shape[1] // 4
+        sb, sc, si, sj = out.stride()
+        # element (b, c, i, py, j, px) of conv(up(act)) is out[b, (2·py + px)·K + c, i + py, j + px]
+        y = out.as_strided((batch, k, h, 2, w, 2), (sb, sc, si, 2 * k * sc + si, sj, k * sc + sj))
+        # up(x) + tanh(g1)·(y + bias): the bias joins the low-res map, one pass over the full-size one
+        base = (x + (g1 * b1.conv.bias)[:, None, None])[:, :, :, None, :, None]
+        x = torch.addcmul(base, y, g1).reshape(batch, channels, 2 * h, 2 * w)
+        act = F.gelu(b2.norm(x)).contiguous()
+        return torch.addcmul(x, F.conv2d(act, b2.conv.weight, b2.conv.bias, padding=1), torch.tanh(b2.gate))
+
     def forward_channels_last(self, x: torch.Tensor) -> torch.Tensor:
         """The fast path on channel-last maps: [B, h, w, C] → [B, 2h, 2w, C] (contiguous)."""
         batch, h, w, channels = x.shape
@@ -299,18 +326,21 @@ class GatedDecoder(nn.Module):
     def forward(self, x: torch.Tensor, reference: bool | None = None) -> torch.Tensor:
         """[B, C, h, w] → [B, C, h·f, w·f] (f = :attr:`upsample_factor`). The fast path returns a
         channel-last tensor (``permute`` of a contiguous [B, H, W, C]); ``reference=True`` runs the official
-        order. By default (``None``) the fast path runs where it is measured to be faster: on CPU without
-        autograd (inference; benchmarks/window_speed.py), unless :attr:`reference` is set. With autograd
-        recording (a training step) the direct convolutions are kept: oneDNN's backward of the grouped
-        products measured slower than the direct convolution's at the training shapes (batch 4, 224 px:
-        ≈1.1–1.8× the reference's forward + backward). On GPUs the direct convolutions (cuDNN's own
-        algorithms) are kept until the fast path is measured there. ``reference=False`` forces the fast
-        path (differentiable, gradients tested against the direct convolution)."""
+        order. By default (``None``), on CPU and unless :attr:`reference` is set: without autograd
+        (inference) the fast path (benchmarks/window_speed.py); with autograd recording (a training step)
+        :meth:`UpsampleStage.forward_recorded`, whose polyphase first block keeps native convolutions (the
+        Winograd block's grouped products measured ≈1.1–1.8× the direct convolution's forward + backward at
+        the training shapes, batch 4, 224 px; the polyphase stages ≈0.8× the reference's). On GPUs the direct
+        convolutions (cuDNN's own algorithms) are kept until the fast paths are measured there.
+        ``reference=False`` forces the fast path (differentiable, gradients tested against the direct
+        convolution)."""
+        recorded = False
         if reference is None:
-            reference = self.reference or x.device.type != "cpu" or torch.is_grad_enabled()
-        if reference:
+            reference = self.reference or x.device.type != "cpu"
+            recorded = not reference and torch.is_grad_enabled()
+        if reference or recorded:
             for stage in self.stages:
-                x = stage(x, reference=True)
+                x = stage(x, reference=True) if reference else stage.forward_recorded(x)
             return x
         x = x.permute(0, 2, 3, 1)
         for stage in self.stages:

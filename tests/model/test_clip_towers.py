@@ -9,6 +9,7 @@ from tcl.model.clip_towers import (
     PositionalEmbeddingCache,
     embed_patches,
     encode_captions,
+    project_tokens,
     run_block,
     run_first_token_block,
     run_self_only_block,
@@ -132,3 +133,15 @@ def test_captions_are_encoded_like_open_clip_on_their_used_positions(tiny_tcl):
         assert torch.allclose(encode_captions(tiny_tcl.clip, tokens), expected, atol=1e-5)
         short = tokens[:2]  # their context is cut after the longer one's end-of-text token
         assert torch.allclose(encode_captions(tiny_tcl.clip, short), expected[:2], atol=1e-5)
+
+
+def test_recorded_projection_equals_the_matrix_product_with_gradients(tiny_tcl):
+    # The masker's head (ln_post, then @ proj per pixel) under autograd runs its product through OneDNNLinear:
+    # values and the gradients of the map, the LayerNorm and the trainable projection are those of ``x @ proj``.
+    head = copy.deepcopy(tiny_tcl.masker.head).requires_grad_(True)
+    x = torch.randn(2, 5, 6, head.proj.shape[0], requires_grad=True)
+    ours = project_tokens(head.ln, head.proj, x)
+    assert type(ours.grad_fn).__name__ == "OneDNNLinearBackward"
+    _assert_same_values_and_gradients(ours, head.ln(x) @ head.proj, [x, head.proj, *head.ln.parameters()])
+    with torch.no_grad():  # inference keeps the BLAS product: bit-identical to it
+        assert torch.equal(project_tokens(head.ln, head.proj, x), head.ln(x) @ head.proj)

@@ -217,8 +217,11 @@ class TrainingStream(IterableDataset):
     """
 
     def __init__(self, config: StreamConfig, rank: int = 0, world_size: int = 1,
-                 resume: StreamState | None = None, tokenizer=None) -> None:
+                 resume: StreamState | None = None, tokenizer=None, shuffle_captions: bool = False) -> None:
         super().__init__()
+        # The control experiment (train.shuffle_captions): every image keeps the caption of another
+        # image of its batch, so training sees the same images, captions and steps with no pairing.
+        self.shuffle_captions = shuffle_captions
         if not config.sources:
             raise StreamError("no shard sources configured")
         self.config, self.rank, self.world_size = config, rank, world_size
@@ -341,9 +344,23 @@ class TrainingStream(IterableDataset):
             images.append(item[0])
             captions.append(item[1])
             if len(images) == self.config.batch_size:
+                if self.shuffle_captions:
+                    captions = _derange(captions, _sample_seed(self.config.seed, slot, -position))
                 yield {"image": torch.stack(images), "text": self.tokenizer(captions), "caption": captions,
                        "worker": worker, "consumed": position, "skipped": dict(counts)}
                 images, captions = [], []
+
+
+def _derange(captions: list[str], seed: int) -> list[str]:
+    """``captions`` re-assigned so that no index keeps its own: a random order, each taking the next one's."""
+    if len(captions) < 2:
+        return captions
+    order = list(range(len(captions)))
+    random.Random(seed).shuffle(order)
+    out = list(captions)
+    for here, there in zip(order, order[1:] + order[:1], strict=True):
+        out[here] = captions[there]
+    return out
 
 
 def _sample_seed(seed: int, slot: int, position: int) -> int:

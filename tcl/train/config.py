@@ -50,6 +50,8 @@ class TrainConfig:
     val_benchmarks: tuple[str, ...] = ("t_voc20", "t_context59")
     val_metric: str = "avg_miou"  # best.pt maximises val/<val_metric>
     max_nonfinite: int = 20  # stop after this many consecutive steps with non-finite loss or gradients
+    # The control experiment: each image is trained with another image's caption (docs/training.md).
+    shuffle_captions: bool = False
 
     def __post_init__(self) -> None:
         _at_least(self, 1, "steps")
@@ -70,6 +72,8 @@ class TrainConfig:
             require(self.val_metric in metrics, "val_metric", f"must be one of {', '.join(sorted(metrics))}",
                     self.val_metric)
         _at_least(self, 1, "max_nonfinite")
+        require(isinstance(self.shuffle_captions, bool), "shuffle_captions", "must be true or false",
+                self.shuffle_captions)
 
 
 @dataclass(frozen=True)

@@ -111,7 +111,8 @@ class Trainer:
                 from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
 
                 self.ddp.register_comm_hook(None, default_hooks.fp16_compress_hook)
-        self.stream = TrainingStream(params.data, rt.rank, rt.world_size, resume=stream_state)
+        self.stream = TrainingStream(params.data, rt.rank, rt.world_size, resume=stream_state,
+                                     shuffle_captions=params.train.shuffle_captions)
         self.stream_state = self.stream.initial_state()
         self.tracker = self._start_tracking(track)
         self.train_curve = CurveFile(self.metrics_dir / "train_curve.csv", resume_step=self.step)

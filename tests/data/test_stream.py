@@ -32,11 +32,12 @@ def write_shards(folder, prefix: str, shards: int, per_shard: int) -> list[str]:
     return names
 
 
-def make_stream(tmp_path, world=1, rank=0, resume=None, **overrides):
+def make_stream(tmp_path, world=1, rank=0, resume=None, shuffle_captions=False, **overrides):
     options = dict(sources=(ShardSource((str(tmp_path / "a" / "a-{000000..000003}.tar"),)),), batch_size=3,
                    num_workers=0, seed=7, shuffle_buffer=8, shuffle_initial=4, image_size=32, augment="none")
     options.update(overrides)
-    return TrainingStream(StreamConfig(**options), rank=rank, world_size=world, resume=resume)
+    return TrainingStream(StreamConfig(**options), rank=rank, world_size=world, resume=resume,
+                          shuffle_captions=shuffle_captions)
 
 
 @pytest.fixture()
@@ -57,6 +58,22 @@ def test_batches_are_full_tokenised_and_reproducible(shards):
     assert all(torch.equal(x["image"], y["image"]) for x, y in zip(first, again, strict=True))
     other_seed = take(build_loader(make_stream(shards, seed=8)), 5)
     assert [b["caption"] for b in other_seed] != [b["caption"] for b in first]
+
+
+def test_shuffled_captions_keep_the_images_and_pair_each_with_another_caption(shards):
+    real = take(build_loader(make_stream(shards, num_workers=2, batch_size=4)), 6)
+    shuffled = take(build_loader(make_stream(shards, num_workers=2, batch_size=4, shuffle_captions=True)), 6)
+    again = take(build_loader(make_stream(shards, num_workers=2, batch_size=4, shuffle_captions=True)), 6)
+    moved = 0
+    for r, s, a in zip(real, shuffled, again, strict=True):
+        assert torch.equal(r["image"], s["image"])  # same images in the same order: only the pairing changes
+        assert sorted(s["caption"]) == sorted(r["caption"])  # the batch's own captions, each used once
+        assert all(x != y for x, y in zip(s["caption"], r["caption"], strict=True))  # none keeps its own
+        assert s["caption"] == a["caption"]  # deterministic, so a shuffled run resumes exactly
+        assert torch.equal(s["text"], make_stream(shards).tokenizer(s["caption"]))  # tokens follow the captions
+        moved += s["caption"] != r["caption"]
+    assert moved == len(real)
+    assert len({tuple(b["caption"]) for b in shuffled}) == len(shuffled)
 
 
 @pytest.mark.parametrize("shard_count", [4, 1])  # shard-level split, then sample-level split

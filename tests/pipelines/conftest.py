@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -45,17 +44,9 @@ def init_repo(root: Path) -> Path:
 
 def copy_project(dest: Path) -> Path:
     """Tracked and not-ignored files of the checkout → ``dest``, as a fresh git repository with one commit."""
-    listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=REPO,
-                            capture_output=True, text=True, check=True).stdout.split("\0")
-    for name in listed:
-        if not name or name.startswith(_SKIP) or not (REPO / name).is_file():
-            continue
-        target = dest / name
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(REPO / name, target)
-    for args in (["init", "-q"], ["add", "-A"], ["commit", "-qm", "copy of the project"]):
-        git(dest, *args)
-    return dest
+    from pipelines.checkout import copy_checkout
+
+    return copy_checkout(REPO, dest, skip=_SKIP)
 
 
 def run_python(args: list[str], cwd: Path, env: dict | None = None, timeout: float = 600):

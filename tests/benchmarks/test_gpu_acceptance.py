@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import os
@@ -15,19 +14,15 @@ import pytest
 import torch
 import yaml
 
+from tests.benchmarks import load_benchmark
+
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "benchmarks" / "gpu_acceptance.py"
 SECTIONS = ("config", "process_group", "train", "eval", "projection", "checks", "targets", "summary")
 
 
 def load_script():
-    """The script as a module (benchmarks/ is not a package); registered first, as dataclasses need."""
-    if "gpu_acceptance" not in sys.modules:
-        spec = importlib.util.spec_from_file_location("gpu_acceptance", SCRIPT)
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[spec.name] = module
-        spec.loader.exec_module(module)
-    return sys.modules["gpu_acceptance"]
+    return load_benchmark("gpu_acceptance")
 
 
 def paper_benchmarks() -> list[str]:

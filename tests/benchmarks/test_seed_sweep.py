@@ -4,7 +4,6 @@ shuffled-caption control of the real pipeline gains nothing where real captions 
 from __future__ import annotations
 
 import csv
-import importlib.util
 import json
 import os
 import subprocess
@@ -12,6 +11,8 @@ import sys
 from pathlib import Path
 
 import pytest
+
+from tests.benchmarks import load_benchmark
 
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "benchmarks" / "seed_sweep.py"
@@ -21,12 +22,7 @@ REDUCED = ["synthetic.pairs=10000", "synthetic.val_images=100", "synthetic.train
 
 
 def load_script():
-    if "seed_sweep" not in sys.modules:
-        spec = importlib.util.spec_from_file_location("seed_sweep", SCRIPT)
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[spec.name] = module
-        spec.loader.exec_module(module)
-    return sys.modules["seed_sweep"]
+    return load_benchmark("seed_sweep")
 
 
 def _row(benchmark: str, tcl: float, maskclip: float, step0: float) -> dict:

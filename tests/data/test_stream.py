@@ -90,9 +90,10 @@ def test_ranks_and_workers_see_disjoint_samples_covering_an_epoch(tmp_path, shar
     assert len(seen) == 24 and len(set(seen)) == 24
 
 
+@pytest.mark.parametrize("shuffle_captions", [False, True])  # the control run resumes exactly too
 @pytest.mark.parametrize("interrupt_at", [4, 5])  # the next batch belongs to worker 0, then to worker 1
-def test_exact_resume_matches_an_uninterrupted_run(shards, interrupt_at):
-    kwargs = dict(num_workers=2, augment="paper", shuffle_buffer=5)
+def test_exact_resume_matches_an_uninterrupted_run(shards, interrupt_at, shuffle_captions):
+    kwargs = dict(num_workers=2, augment="paper", shuffle_buffer=5, shuffle_captions=shuffle_captions)
     full = take(build_loader(make_stream(shards, **kwargs)), 10)
 
     stream = make_stream(shards, **kwargs)

@@ -129,9 +129,10 @@ def sweep_seed(seed: int, work: Path, extra: list[str], control: bool) -> dict:
         if not ok:
             record["error"] = f"shuffled-caption pipeline failed: {_tail(log)}"
             return record
-        shuffled = summarize(_rows(copy))
+        rows = _rows(copy)
+        shuffled = summarize(rows)
         shuffled["gain_over_step0"] = round(shuffled["tcl"] - shuffled["step0"], 2)
-        record.update(shuffled=shuffled, shuffled_rows=_rows(copy), shuffled_curve=_curve(copy, batch))
+        record.update(shuffled=shuffled, shuffled_rows=rows, shuffled_curve=_curve(copy, batch))
     return record
 
 

@@ -344,7 +344,7 @@ class TrainingStream(IterableDataset):
             images.append(item[0])
             captions.append(item[1])
             if len(images) == self.config.batch_size:
-                if self.shuffle_captions:
+                if self.shuffle_captions:  # seeded by the batch's last position (negated: not an augmentation seed)
                     captions = _derange(captions, _sample_seed(self.config.seed, slot, -position))
                 yield {"image": torch.stack(images), "text": self.tokenizer(captions), "caption": captions,
                        "worker": worker, "consumed": position, "skipped": dict(counts)}

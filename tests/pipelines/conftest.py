@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from pipelines.checkout import copy_checkout, git
 
 REPO = Path(__file__).resolve().parents[2]
 # What the pipeline needs of the checkout (tests, benchmarks and docs are not part of any stage).
@@ -23,15 +24,6 @@ TINY = [
 ]
 
 
-_GIT_ENV = {"GIT_AUTHOR_NAME": "test", "GIT_AUTHOR_EMAIL": "test@localhost", "GIT_COMMITTER_NAME": "test",
-            "GIT_COMMITTER_EMAIL": "test@localhost"}
-
-
-def git(root: Path, *args: str) -> str:
-    return subprocess.run(["git", *args], cwd=root, env={**os.environ, **_GIT_ENV}, check=True, capture_output=True,
-                          text=True).stdout
-
-
 def init_repo(root: Path) -> Path:
     """An empty git + DVC repository (no analytics) at ``root``."""
     root.mkdir(parents=True, exist_ok=True)
@@ -44,8 +36,6 @@ def init_repo(root: Path) -> Path:
 
 def copy_project(dest: Path) -> Path:
     """Tracked and not-ignored files of the checkout → ``dest``, as a fresh git repository with one commit."""
-    from pipelines.checkout import copy_checkout
-
     return copy_checkout(REPO, dest, skip=_SKIP)
 
 

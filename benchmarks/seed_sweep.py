@@ -115,24 +115,21 @@ def sweep_seed(seed: int, work: Path, extra: list[str], control: bool) -> dict:
     log = copy / "sweep.log"
     overrides = [f"{key}={seed}" for key in _SEED_KEYS] + extra
     record: dict = {"seed": seed, "copy": str(copy), "log": str(log), "overrides": overrides}
-    ok, seconds = run_pipeline(copy, overrides, log)
-    record["real_seconds"] = round(seconds, 1)
-    if not ok:
-        record["error"] = f"pipeline failed: {_tail(log)}"
-        return record
-    rows = _rows(copy)
-    batch = _batch_size(copy)
-    record.update(real=summarize(rows), real_rows=rows, real_curve=_curve(copy, batch))
+    runs = [("real", overrides, "pipeline")]
     if control:
-        ok, seconds = run_pipeline(copy, [*overrides, "train.shuffle_captions=true"], log)
-        record["shuffled_seconds"] = round(seconds, 1)
+        runs.append(("shuffled", [*overrides, "train.shuffle_captions=true"], "shuffled-caption pipeline"))
+    for name, settings, what in runs:  # the control after the real run: DVC keeps the world, CLIP and baselines
+        ok, seconds = run_pipeline(copy, settings, log)
+        record[f"{name}_seconds"] = round(seconds, 1)
         if not ok:
-            record["error"] = f"shuffled-caption pipeline failed: {_tail(log)}"
+            record["error"] = f"{what} failed: {_tail(log)}"
             return record
         rows = _rows(copy)
-        shuffled = summarize(rows)
+        record.update({name: summarize(rows), f"{name}_rows": rows,
+                       f"{name}_curve": _curve(copy, _batch_size(copy))})
+    if control:
+        shuffled = record["shuffled"]
         shuffled["gain_over_step0"] = round(shuffled["tcl"] - shuffled["step0"], 2)
-        record.update(shuffled=shuffled, shuffled_rows=rows, shuffled_curve=_curve(copy, batch))
     return record
 
 

@@ -1,26 +1,28 @@
 """Does TCL beat both baselines whatever the seed, and only when captions belong to their images?
 
-    python benchmarks/seed_sweep.py                              # seeds 0 1 2 3, each with the control
+    python benchmarks/seed_sweep.py                              # seeds 0 1 2 3, each with both controls
+    python benchmarks/seed_sweep.py --seeds 0 5 --controls disjoint   # two seeds, one control each
     python benchmarks/seed_sweep.py --seeds 0 5 --no-control     # two seeds, real captions only
     python benchmarks/seed_sweep.py --work /tmp/sweep -S train.steps=200   # any override, every run
 
 For each seed the whole default pipeline (``python -m pipelines.run``: synthetic world, download,
 CLIP pre-training, TCL training, thresholds, evaluation, baselines, report) runs in its own copy of
 this checkout under ``--work`` with ``synthetic.seed``, ``data.seed`` and ``train.seed`` all set to
-the seed, so the world, the data order and training all change together. With the control (the
-default) the same copy then runs again with ``train.shuffle_captions: true``: DVC keeps the world,
-the shards, the CLIP and the baselines, and retrains TCL with every image paired with another
-image's caption, then evaluates it.
+the seed, so the world, the data order and training all change together. Then, for each control
+(``--controls``, both by default), the same copy runs again with ``train.shuffle_captions`` set to
+it: DVC keeps the world, the shards, the CLIP and the baselines, and retrains TCL with every image
+paired with another image's caption (``any``) or with one that names none of the kinds its own
+caption names (``disjoint``: no pair grounded by chance), then evaluates it.
 
 Per seed it prints one line: the mean mIoU of trained TCL and of the two baselines (``maskclip``,
 the CLIP's own dense features, and ``step0``, TCL before training), the margin over the better
-baseline on the mean and on the worst benchmark, the shuffled-caption run's gain over step 0, and
-the minutes each run took. Then the minimum margins over seeds and the largest shuffled gain.
+baseline on the mean and on the worst benchmark, each control's gain over step 0, and the minutes
+each run took. Then the minimum margins over seeds and each control's largest gain.
 Everything, with each run's per-benchmark rows and validation curve, goes to ``--out`` (JSON,
 written atomically). A failed run is reported with the tail of its log and the sweep goes on.
 
 This is a measurement (numbers go into docs/training.md and the issue notes), not a test; about
-8 minutes per seed plus 5 for its control on 2 CPU cores.
+8 minutes per seed plus 5 for each control on 2 CPU cores.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # pipelines/ and tcl/ of this checkout
 PROG = "seed_sweep"
 _SEED_KEYS = ("synthetic.seed", "data.seed", "train.seed")
+CONTROLS = ("any", "disjoint")  # the train.shuffle_captions modes a sweep can run after the real captions
 
 
 def _batch_size(copy: Path) -> int:
@@ -106,7 +109,7 @@ def _tail(log: Path, lines: int = 5) -> str:
     return " | ".join(log.read_text(encoding="utf-8", errors="replace").strip().splitlines()[-lines:])
 
 
-def sweep_seed(seed: int, work: Path, extra: list[str], control: bool) -> dict:
+def sweep_seed(seed: int, work: Path, extra: list[str], controls: list[str]) -> dict:
     from pipelines.checkout import copy_checkout
 
     copy = work / f"seed-{seed}"
@@ -116,8 +119,8 @@ def sweep_seed(seed: int, work: Path, extra: list[str], control: bool) -> dict:
     overrides = [f"{key}={seed}" for key in _SEED_KEYS] + extra
     record: dict = {"seed": seed, "copy": str(copy), "log": str(log), "overrides": overrides}
     runs = [("real", overrides, "pipeline")]
-    if control:
-        runs.append(("shuffled", [*overrides, "train.shuffle_captions=true"], "shuffled-caption pipeline"))
+    runs += [(f"shuffled_{mode}", [*overrides, f"train.shuffle_captions={mode}"], f"{mode}-shuffle pipeline")
+             for mode in controls]
     for name, settings, what in runs:  # the control after the real run: DVC keeps the world, CLIP and baselines
         ok, seconds = run_pipeline(copy, settings, log)
         record[f"{name}_seconds"] = round(seconds, 1)
@@ -127,9 +130,8 @@ def sweep_seed(seed: int, work: Path, extra: list[str], control: bool) -> dict:
         rows = _rows(copy)
         record.update({name: summarize(rows), f"{name}_rows": rows,
                        f"{name}_curve": _curve(copy, _batch_size(copy))})
-    if control:
-        shuffled = record["shuffled"]
-        shuffled["gain_over_step0"] = round(shuffled["tcl"] - shuffled["step0"], 2)
+        if name != "real":
+            record[name]["gain_over_step0"] = round(record[name]["tcl"] - record[name]["step0"], 2)
     return record
 
 
@@ -141,10 +143,12 @@ def line(record: dict) -> str:
             f" | step0 {real['step0']:.2f}"
             f" | margin {real['margin']:+.2f} (worst benchmark {real['min_margin']:+.2f})"
             f" | {record['real_seconds'] / 60:.1f} min")
-    if "shuffled" in record:
-        text += (f" | shuffled captions {record['shuffled']['tcl']:.2f} ({record['shuffled']['gain_over_step0']:+.2f}"
-                 f" over step0, {record['shuffled_seconds'] / 60:.1f} min)")
-    elif "error" in record:
+    for mode in CONTROLS:
+        if f"shuffled_{mode}" in record:
+            control = record[f"shuffled_{mode}"]
+            text += (f" | {mode} shuffle {control['tcl']:.2f} ({control['gain_over_step0']:+.2f} over step0,"
+                     f" {record[f'shuffled_{mode}_seconds'] / 60:.1f} min)")
+    if "error" in record:
         text += f" | {record['error']}"
     return text
 
@@ -155,9 +159,10 @@ def overall(records: list[dict]) -> dict:
     if done:
         result["min_margin"] = min(r["real"]["margin"] for r in done)
         result["min_benchmark_margin"] = min(r["real"]["min_margin"] for r in done)
-    shuffled = [r["shuffled"]["gain_over_step0"] for r in done if "shuffled" in r]
-    if shuffled:
-        result["max_shuffled_gain"] = max(shuffled)
+    for mode in CONTROLS:
+        gains = [r[f"shuffled_{mode}"]["gain_over_step0"] for r in done if f"shuffled_{mode}" in r]
+        if gains:
+            result[f"max_gain_{mode}"] = max(gains)
     return result
 
 
@@ -167,8 +172,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = CommandParser(prog="python benchmarks/seed_sweep.py", doc=__doc__, label=PROG)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3],
                         help="seeds for synthetic.seed, data.seed and train.seed together (0 1 2 3)")
-    parser.add_argument("--no-control", dest="control", action="store_false",
-                        help="skip the shuffled-caption run after each seed")
+    parser.add_argument("--controls", nargs="+", choices=CONTROLS, default=list(CONTROLS),
+                        help="the shuffled-caption runs after each seed's real one (%(default)s)")
+    parser.add_argument("--no-control", dest="controls", action="store_const", const=[],
+                        help="real captions only")
     parser.add_argument("--work", type=Path, default=Path("outputs/seed_sweep"),
                         help="one copy of the checkout per seed goes here; an existing copy is reused (%(default)s)")
     parser.add_argument("-S", "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
@@ -189,9 +196,10 @@ def main(argv: list[str] | None = None) -> int:
     args.work.mkdir(parents=True, exist_ok=True)
     records = []
     for seed in args.seeds:
-        print(f"{PROG}: seed {seed}: running the pipeline{' and its control' if args.control else ''} in "
-              f"{args.work / f'seed-{seed}'} (log: sweep.log there)", flush=True)
-        record = sweep_seed(seed, args.work.resolve(), args.overrides, args.control)
+        controls = f" and the controls {', '.join(args.controls)}" if args.controls else ""
+        print(f"{PROG}: seed {seed}: running the pipeline{controls} in {args.work / f'seed-{seed}'} "
+              "(log: sweep.log there)", flush=True)
+        record = sweep_seed(seed, args.work.resolve(), args.overrides, args.controls)
         records.append(record)
         print(line(record), flush=True)
         write_json_atomic(args.out, {"runs": records, "overall": overall(records), "overrides": args.overrides})
@@ -199,8 +207,8 @@ def main(argv: list[str] | None = None) -> int:
     if "min_margin" in summary:
         print(f"minimum over seeds {summary['completed']}: margin {summary['min_margin']:+.2f} on the mean, "
               f"{summary['min_benchmark_margin']:+.2f} on the worst benchmark"
-              + (f"; largest shuffled-caption gain over step0 {summary['max_shuffled_gain']:+.2f}"
-                 if "max_shuffled_gain" in summary else ""), flush=True)
+              + "".join(f"; largest gain over step0, {mode} shuffle {summary[f'max_gain_{mode}']:+.2f}"
+                        for mode in CONTROLS if f"max_gain_{mode}" in summary), flush=True)
     print(f"{PROG}: wrote {args.out}", flush=True)
     return 0 if len(summary["completed"]) == len(records) else 1
 

@@ -17,10 +17,13 @@ from pathlib import Path
 
 from ..errors import require
 
-__all__ = ["AUGMENTATIONS", "ShardSource", "StreamConfig", "DISTRIBUTORS", "RESIZE_MODES", "ENCODE_FORMATS",
-           "STAGE_NAME", "IMG2DATASET_RESERVED", "DownloadSource", "DownloadConfig", "CocoObjectConversion"]
+__all__ = ["AUGMENTATIONS", "SHUFFLE_MODES", "ShardSource", "StreamConfig", "DISTRIBUTORS", "RESIZE_MODES",
+           "ENCODE_FORMATS", "STAGE_NAME", "IMG2DATASET_RESERVED", "DownloadSource", "DownloadConfig",
+           "CocoObjectConversion"]
 
 AUGMENTATIONS = ("paper", "crop", "none")
+# train.shuffle_captions: the real pairing, or a control (tcl.data.stream.TrainingStream, docs/training.md)
+SHUFFLE_MODES = ("none", "any", "disjoint")
 DISTRIBUTORS = ("multiprocessing", "pyspark", "ray")
 RESIZE_MODES = ("no", "keep_ratio", "keep_ratio_largest", "center_crop", "border")
 ENCODE_FORMATS = ("jpg", "png", "webp")

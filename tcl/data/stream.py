@@ -50,10 +50,12 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from ..errors import TCLError
 from ..model.tcl import IMAGENET_MEAN, IMAGENET_STD
-from .config import AUGMENTATIONS, ShardSource, StreamConfig  # re-exported: the data section lives there
+from .config import AUGMENTATIONS, SHUFFLE_MODES, ShardSource, StreamConfig  # re-exported: the data section lives there
+from .synthetic.captions import named_kinds
+from .synthetic.vocabulary import STUFF_NAMES
 
-__all__ = ["AUGMENTATIONS", "ShardSource", "StreamConfig", "StreamState", "StreamError", "TrainingStream",
-           "expand_shards", "build_transform", "build_loader"]
+__all__ = ["AUGMENTATIONS", "SHUFFLE_MODES", "ShardSource", "StreamConfig", "StreamState", "StreamError",
+           "TrainingStream", "expand_shards", "build_transform", "build_loader"]
 
 IMAGE_KEYS = ("jpg", "jpeg", "png", "webp")
 TEXT_KEYS = ("txt", "text")
@@ -217,10 +219,13 @@ class TrainingStream(IterableDataset):
     """
 
     def __init__(self, config: StreamConfig, rank: int = 0, world_size: int = 1,
-                 resume: StreamState | None = None, tokenizer=None, shuffle_captions: bool = False) -> None:
+                 resume: StreamState | None = None, tokenizer=None, shuffle_captions: str = "none") -> None:
         super().__init__()
-        # The control experiment (train.shuffle_captions): every image keeps the caption of another
-        # image of its batch, so training sees the same images, captions and steps with no pairing.
+        # The control experiments (train.shuffle_captions): every image is given the caption of
+        # another image of its batch ("any"), or of one that names none of the kinds its own caption
+        # names ("disjoint"), so training sees the same images, captions and steps without the pairing.
+        if shuffle_captions not in SHUFFLE_MODES:
+            raise StreamError(f"shuffle_captions must be one of {', '.join(SHUFFLE_MODES)}, got {shuffle_captions!r}")
         self.shuffle_captions = shuffle_captions
         if not config.sources:
             raise StreamError("no shard sources configured")
@@ -344,8 +349,9 @@ class TrainingStream(IterableDataset):
             images.append(item[0])
             captions.append(item[1])
             if len(images) == self.config.batch_size:
-                if self.shuffle_captions:  # seeded by the batch's last position (negated: not an augmentation seed)
-                    captions = _derange(captions, _sample_seed(self.config.seed, slot, -position))
+                if self.shuffle_captions != "none":  # seeded by the batch's last position (negated: no sample's seed)
+                    reassign = _derange if self.shuffle_captions == "any" else _derange_disjoint
+                    captions = reassign(captions, _sample_seed(self.config.seed, slot, -position))
                 yield {"image": torch.stack(images), "text": self.tokenizer(captions), "caption": captions,
                        "worker": worker, "consumed": position, "skipped": dict(counts)}
                 images, captions = [], []
@@ -361,6 +367,60 @@ def _derange(captions: list[str], seed: int) -> list[str]:
     for here, there in zip(order, order[1:] + order[:1], strict=True):
         out[here] = captions[there]
     return out
+
+
+_STUFF_NAMES = frozenset(STUFF_NAMES)
+
+
+def _derange_disjoint(captions: list[str], seed: int) -> list[str]:
+    """``captions`` re-assigned so that no image is given a caption naming a kind the image may show.
+
+    Kinds are read from the captions (:func:`~tcl.data.synthetic.named_kinds`). An image may be given a
+    caption that names none of the kinds its own caption names; one that names a background only if
+    its own caption names its background too, because a caption silent about the background says
+    nothing about which one the image shows. A maximum bipartite matching (Kuhn's augmenting paths,
+    over a seeded random order) finds such an assignment; in the rare batch where none covers every
+    image (say, a car in nearly every image), the images left over are given the captions left
+    over, still never their own.
+    """
+    n = len(captions)
+    if n < 2:
+        return captions
+    rng = random.Random(seed)
+    kinds = [named_kinds(c) for c in captions]
+    backgrounds = [k & _STUFF_NAMES for k in kinds]
+    options = []
+    for i in range(n):
+        allowed = [j for j in range(n) if j != i and not kinds[i] & kinds[j]
+                   and (backgrounds[i] or not backgrounds[j])]
+        rng.shuffle(allowed)
+        options.append(allowed)
+    owner: dict[int, int] = {}  # caption index -> image index
+
+    def augment(image: int, seen: set[int]) -> bool:
+        for j in options[image]:
+            if j not in seen:
+                seen.add(j)
+                if j not in owner or augment(owner[j], seen):
+                    owner[j] = image
+                    return True
+        return False
+
+    images = list(range(n))
+    rng.shuffle(images)
+    unmatched = [i for i in images if not augment(i, set())]
+    assigned = {image: caption for caption, image in owner.items()}
+    if unmatched:  # the leftovers, deranged among themselves; a lone leftover swaps with a matched image
+        free = sorted(set(range(n)) - set(owner))
+        if len(unmatched) == 1 and free == unmatched:
+            i, other = unmatched[0], images[0] if images[0] != unmatched[0] else images[1]
+            assigned[i], assigned[other] = assigned[other], i
+        else:
+            order = list(range(len(unmatched)))
+            while any(unmatched[k] == free[v] for k, v in enumerate(order)):
+                rng.shuffle(order)
+            assigned.update({unmatched[k]: free[v] for k, v in enumerate(order)})
+    return [captions[assigned[i]] for i in range(n)]
 
 
 def _sample_seed(seed: int, slot: int, position: int) -> int:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..data.config import SHUFFLE_MODES
 from ..errors import require
 from ..eval.benchmarks import BENCHMARKS
 
@@ -50,8 +51,9 @@ class TrainConfig:
     val_benchmarks: tuple[str, ...] = ("t_voc20", "t_context59")
     val_metric: str = "avg_miou"  # best.pt maximises val/<val_metric>
     max_nonfinite: int = 20  # stop after this many consecutive steps with non-finite loss or gradients
-    # The control experiment: each image is trained with another image's caption (docs/training.md).
-    shuffle_captions: bool = False
+    # The control experiments: each image is trained with another image's caption ("any"), or with
+    # one that names none of the kinds its own names ("disjoint"); docs/training.md.
+    shuffle_captions: str = "none"
 
     def __post_init__(self) -> None:
         _at_least(self, 1, "steps")
@@ -72,8 +74,8 @@ class TrainConfig:
             require(self.val_metric in metrics, "val_metric", f"must be one of {', '.join(sorted(metrics))}",
                     self.val_metric)
         _at_least(self, 1, "max_nonfinite")
-        require(isinstance(self.shuffle_captions, bool), "shuffle_captions", "must be true or false",
-                self.shuffle_captions)
+        require(self.shuffle_captions in SHUFFLE_MODES, "shuffle_captions",
+                f"must be one of {', '.join(SHUFFLE_MODES)}", self.shuffle_captions)
 
 
 @dataclass(frozen=True)

@@ -1,5 +1,5 @@
 """benchmarks/seed_sweep.py: its summaries are right, bad arguments are one line, and (slow) the
-shuffled-caption control of the real pipeline gains nothing where real captions gain a lot."""
+disjoint-caption control of the real pipeline gains nothing where real captions gain a lot."""
 
 from __future__ import annotations
 
@@ -35,11 +35,14 @@ def test_margins_are_over_the_better_baseline_per_benchmark_and_on_the_mean():
     assert (summary["tcl"], summary["maskclip"], summary["step0"]) == (35.0, 29.0, 17.5)
     assert summary["margin"] == 6.0  # 35 - max(29, 17.5)
     assert summary["margins"] == {"a": 5.0, "b": 2.0} and summary["min_margin"] == 2.0
-    runs = [{"seed": 0, "real": {"margin": 6.0, "min_margin": 2.0}, "shuffled": {"gain_over_step0": 0.5}},
-            {"seed": 1, "real": {"margin": 9.0, "min_margin": -1.0}, "shuffled": {"gain_over_step0": 1.5}},
+    runs = [{"seed": 0, "real": {"margin": 6.0, "min_margin": 2.0}, "shuffled_any": {"gain_over_step0": 0.5},
+             "shuffled_disjoint": {"gain_over_step0": -2.0}},
+            {"seed": 1, "real": {"margin": 9.0, "min_margin": -1.0}, "shuffled_any": {"gain_over_step0": 1.5},
+             "shuffled_disjoint": {"gain_over_step0": -3.0}},
             {"seed": 2, "error": "pipeline failed"}]
     assert sweep.overall(runs) == {"seeds": [0, 1, 2], "completed": [0, 1], "min_margin": 6.0,
-                                   "min_benchmark_margin": -1.0, "max_shuffled_gain": 1.5}
+                                   "min_benchmark_margin": -1.0, "max_gain_any": 1.5, "max_gain_disjoint": -2.0}
+    assert "max_gain_disjoint" not in sweep.overall([{k: v for k, v in runs[0].items() if k != "shuffled_disjoint"}])
 
 
 def test_the_curve_gets_the_training_minutes_up_to_each_validation(tmp_path):
@@ -59,6 +62,8 @@ def test_the_curve_gets_the_training_minutes_up_to_each_validation(tmp_path):
     (["--seeds", "1", "1"], "--seeds must be distinct"),
     (["-S", "train.seed=3"], "leave synthetic.seed, data.seed, train.seed"),
     (["-S", "train.steps"], "give KEY=VALUE"),
+    (["-S", "train.shuffle_captions=any"], "leave synthetic.seed, data.seed, train.seed"),
+    (["--controls", "sorted"], "invalid choice: 'sorted'"),
 ])
 def test_bad_arguments_are_one_line_and_exit_2(tmp_path, args, message):
     result = subprocess.run([sys.executable, str(SCRIPT), *args, "--work", str(tmp_path / "w")], cwd=REPO,
@@ -69,24 +74,26 @@ def test_bad_arguments_are_one_line_and_exit_2(tmp_path, args, message):
 
 
 @pytest.mark.slow
-def test_real_captions_gain_far_more_than_shuffled_ones(tmp_path):
-    """The pipeline at reduced size, then again with every caption moved to another image of its batch.
+def test_real_captions_gain_far_more_than_captions_that_name_other_kinds(tmp_path):
+    """The pipeline at reduced size, then again with every image given a caption that names none of its kinds.
 
     Real captions must lift TCL at least 5 points above step 0 and above both baselines on the mean, and
-    gain at least 5 points more than shuffled captions do. (Shuffled captions are not harmless here: they
-    gained +8.2 against +17.7, see docs/training.md; the issue's target of at most +1 is not met.)
+    the disjoint control (``train.shuffle_captions: disjoint``, no pair grounded by chance) must gain at
+    least 5 points less. (The control is not harmless: at full size it still gained +4.1 over step 0,
+    through the trained projection head, see docs/training.md; the issue's target of at most +1 is not met.)
     """
     out = tmp_path / "sweep.json"
     env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
-    command = [sys.executable, str(SCRIPT), "--seeds", "0", "--work", str(tmp_path / "work"), "--out", str(out)]
+    command = [sys.executable, str(SCRIPT), "--seeds", "0", "--controls", "disjoint", "--work", str(tmp_path / "work"),
+               "--out", str(out)]
     for item in REDUCED:
         command += ["-S", item]
-    result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=3000)
+    result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=5400)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     run = json.loads(out.read_text())["runs"][0]
-    real, shuffled = run["real"], run["shuffled"]
-    assert shuffled["step0"] == real["step0"]  # the same world, CLIP and baselines: only training changed
+    real, control = run["real"], run["shuffled_disjoint"]
+    assert control["step0"] == real["step0"]  # the same world, CLIP and baselines: only training changed
     real_gain = real["tcl"] - real["step0"]
     assert real_gain >= 5.0, real
     assert real["margin"] > 0, real
-    assert shuffled["gain_over_step0"] <= real_gain - 5.0, (real, shuffled)
+    assert control["gain_over_step0"] <= real_gain - 5.0, (real, control)

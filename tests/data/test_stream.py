@@ -9,7 +9,17 @@ import torch
 import webdataset as wds
 from PIL import Image
 
-from tcl.data.stream import ShardSource, StreamConfig, StreamError, StreamState, TrainingStream, build_loader
+from tcl.data.stream import (
+    ShardSource,
+    StreamConfig,
+    StreamError,
+    StreamState,
+    TrainingStream,
+    _derange,
+    _derange_disjoint,
+    build_loader,
+)
+from tcl.data.synthetic import STUFF_NAMES, named_kinds, render_scene
 
 
 def _jpeg(value: int) -> bytes:
@@ -32,7 +42,7 @@ def write_shards(folder, prefix: str, shards: int, per_shard: int) -> list[str]:
     return names
 
 
-def make_stream(tmp_path, world=1, rank=0, resume=None, shuffle_captions=False, **overrides):
+def make_stream(tmp_path, world=1, rank=0, resume=None, shuffle_captions="none", **overrides):
     options = dict(sources=(ShardSource((str(tmp_path / "a" / "a-{000000..000003}.tar"),)),), batch_size=3,
                    num_workers=0, seed=7, shuffle_buffer=8, shuffle_initial=4, image_size=32, augment="none")
     options.update(overrides)
@@ -62,8 +72,8 @@ def test_batches_are_full_tokenised_and_reproducible(shards):
 
 def test_shuffled_captions_keep_the_images_and_pair_each_with_another_caption(shards):
     real = take(build_loader(make_stream(shards, num_workers=2, batch_size=4)), 6)
-    shuffled = take(build_loader(make_stream(shards, num_workers=2, batch_size=4, shuffle_captions=True)), 6)
-    again = take(build_loader(make_stream(shards, num_workers=2, batch_size=4, shuffle_captions=True)), 6)
+    shuffled = take(build_loader(make_stream(shards, num_workers=2, batch_size=4, shuffle_captions="any")), 6)
+    again = take(build_loader(make_stream(shards, num_workers=2, batch_size=4, shuffle_captions="any")), 6)
     moved = 0
     for r, s, a in zip(real, shuffled, again, strict=True):
         assert torch.equal(r["image"], s["image"])  # same images in the same order: only the pairing changes
@@ -90,7 +100,64 @@ def test_ranks_and_workers_see_disjoint_samples_covering_an_epoch(tmp_path, shar
     assert len(seen) == 24 and len(set(seen)) == 24
 
 
-@pytest.mark.parametrize("shuffle_captions", [False, True])  # the control run resumes exactly too
+def _check_assignment(captions):
+    """``captions`` re-assigned, each caption used once and no image given its own (by index)."""
+    tagged = [f"{c} #{i}" for i, c in enumerate(captions)]
+    for seed in range(5):
+        moved = _derange_disjoint(tagged, seed)
+        assert sorted(moved) == sorted(tagged)
+        assert all(m != t for m, t in zip(moved, tagged, strict=True))
+
+
+def test_disjoint_captions_name_no_kind_the_image_shows():
+    scenes = [render_scene(0, 0, index, 48) for index in range(512)]
+    own = [scene.caption for scene in scenes]
+    stuff = set(STUFF_NAMES)
+    shows = {"disjoint": [0, 0], "any": [0, 0]}  # images given a caption naming an object / a background they show
+    for start in range(0, 512, 64):
+        batch = own[start:start + 64]
+        moved = _derange_disjoint(batch, seed=start)
+        assert sorted(moved) == sorted(batch) and moved == _derange_disjoint(batch, seed=start)
+        assert moved != _derange_disjoint(batch, seed=start + 1)  # the seed chooses among the assignments
+        for m, c in zip(moved, batch, strict=True):
+            assert not named_kinds(m) & named_kinds(c)
+            assert not named_kinds(m) & stuff or named_kinds(c) & stuff  # a background only if the own names one
+        for mode, captions in (("disjoint", moved), ("any", _derange(batch, start))):
+            for scene, caption in zip(scenes[start:start + 64], captions, strict=True):
+                shows[mode][0] += bool(named_kinds(caption) & set(scene.objects))
+                shows[mode][1] += bool(named_kinds(caption) & set(scene.stuffs))
+    # against the scenes' truth: no object and few backgrounds shown (a second background its caption left
+    # out); a plain derangement ("any") pairs many images with a caption naming what they show
+    assert shows["disjoint"][0] == 0 and shows["disjoint"][1] < 0.06 * 512, shows
+    assert shows["any"][0] > 0.2 * 512 and shows["any"][1] > 0.1 * 512, shows
+
+
+def test_disjoint_captions_fall_back_to_another_images_caption_when_none_is_disjoint():
+    _check_assignment(["a car", "two cars", "a car and a dog", "a red car"])  # every image shows a car
+    _check_assignment(["a car", "a dog", "a car and a dog"])  # the third has no disjoint caption left
+    for n in range(2, 9):
+        _check_assignment(["a cat"] * (n - 1) + ["a bus"])
+    assert _derange_disjoint(["a cat"], 0) == ["a cat"]
+
+
+def test_disjoint_stream_pairs_images_with_captions_that_name_other_kinds(tmp_path):
+    folder = tmp_path / "a"
+    folder.mkdir()
+    with wds.TarWriter(str(folder / "a-000000.tar")) as sink:
+        for i in range(96):
+            caption = render_scene(1, 0, i, 48).caption
+            sink.write({"__key__": f"{i:04d}", "jpg": _jpeg(i), "txt": caption})
+    stream = make_stream(tmp_path, shuffle_captions="disjoint", batch_size=32,
+                         sources=(ShardSource((str(folder / "a-000000.tar"),)),))
+    real = take(build_loader(make_stream(tmp_path, batch_size=32, sources=stream.config.sources)), 3)
+    for r, s in zip(real, take(build_loader(stream), 3), strict=True):
+        assert torch.equal(r["image"], s["image"]) and sorted(r["caption"]) == sorted(s["caption"])
+        assert all(not named_kinds(a) & named_kinds(b) for a, b in zip(r["caption"], s["caption"], strict=True))
+    with pytest.raises(StreamError, match="shuffle_captions must be one of none, any, disjoint"):
+        make_stream(tmp_path, shuffle_captions=True)
+
+
+@pytest.mark.parametrize("shuffle_captions", ["none", "any", "disjoint"])  # the control run resumes exactly too
 @pytest.mark.parametrize("interrupt_at", [4, 5])  # the next batch belongs to worker 0, then to worker 1
 def test_exact_resume_matches_an_uninterrupted_run(shards, interrupt_at, shuffle_captions):
     kwargs = dict(num_workers=2, augment="paper", shuffle_buffer=5, shuffle_captions=shuffle_captions)

@@ -30,6 +30,7 @@ from tcl.data.synthetic import (
     coco_stuff_label_maps,
     generate_synthetic,
     measure_throughput,
+    named_kinds,
     render_scene,
     voc_label_map,
 )
@@ -118,6 +119,18 @@ def test_captions_name_exactly_the_kinds_present_with_counts():
         captions.add(scene.caption.lower().rstrip("."))
     assert len(captions) > 250  # varied, not a handful of templates
     assert 100 < mentioned_stuff < 350  # the background is named sometimes, not always
+
+
+def test_named_kinds_reads_back_what_a_caption_names():
+    for index in range(400):
+        scene = render_scene(0, 0, index, 48)
+        named = named_kinds(scene.caption)
+        stuff_names = {s.name for s in STUFF_KINDS}
+        assert named - stuff_names == set(scene.objects), scene.caption  # every object kind, and no other
+        stuff = {s.name for s in STUFF_KINDS if any(p in scene.caption.lower() for p in s.where + s.scene)}
+        assert named & stuff_names == stuff, scene.caption  # the background exactly when a phrase names it
+    assert named_kinds("Two puppies and a sailboat on the water.") == {"dog", "boat", "sea"}
+    assert named_kinds("a white glass") == set()  # adjectives name nothing ("white": a boat or a sheep)
 
 
 def test_objects_are_large_after_occlusion_and_rim():

@@ -52,6 +52,7 @@ _WHERE = {
     "BenchmarkIds": "benchmarks",
     "benchmark_ids": "benchmarks",
     "render_scene": "render",
+    "named_kinds": "captions",
     "voc_label_map": "benchmarks",
     "coco_stuff_label_maps": "benchmarks",
     "generate_synthetic": "generate",

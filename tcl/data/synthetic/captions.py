@@ -3,16 +3,20 @@
 A caption names each kind with its count (synonyms and true adjectives now and then, in any order),
 optionally places the scene on its background ("on the grass", "a brick wall with ..."), and varies
 its template, capitalisation and full stop. Every choice is drawn from the scene's generator after
-the drawing, so captions are as deterministic as the images. The helpers are private to the package.
+the drawing, so captions are as deterministic as the images. :func:`named_kinds` reads a caption
+back into the kinds it names (what the disjoint caption control of ``train.shuffle_captions``
+compares); the other helpers are private to the package.
 """
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 
-from .vocabulary import _KIND, _STUFF, _TOP_STUFF, STUFF_KINDS
+from .vocabulary import _KIND, _STUFF, _TOP_STUFF, OBJECT_KINDS, STUFF_KINDS
 
-__all__: list[str] = []
+__all__ = ["named_kinds"]
 
 
 _NUMBERS = {2: "two", 3: "three"}
@@ -74,3 +78,22 @@ def _caption(rng: np.random.Generator, objects: tuple[str, ...], stuffs: tuple[s
     if rng.random() < 0.4:
         text += "."
     return text
+
+
+# Every noun a caption may use for a kind, and the words of the background phrases that identify a
+# stuff kind ("a grassy field", "on a sandy beach"); adjectives are left out: "white" is both a boat
+# and a sheep.
+_STUFF_WORDS = {"grass": ("grass", "grassy", "lawn", "field"), "sky": ("sky",), "sand": ("sand", "sandy", "beach"),
+                "sea": ("sea", "water"), "wall": ("wall", "brick"), "road": ("road", "street", "asphalt")}
+_WORD_KIND = {word: kind.name for kind in OBJECT_KINDS for pair in kind.nouns for word in pair}
+_WORD_KIND.update({word: name for name, words in _STUFF_WORDS.items() for word in words})
+assert set(_STUFF_WORDS) == set(_STUFF), "every stuff kind needs its caption words"
+
+
+def named_kinds(caption: str) -> frozenset[str]:
+    """The object and stuff kinds a caption names (``"Two cats on a lawn."`` → ``{"cat", "grass"}``).
+
+    Exact for the captions of :func:`_caption`; on other text it finds the same nouns wherever they
+    occur as words.
+    """
+    return frozenset(_WORD_KIND[w] for w in re.findall(r"[a-z]+", caption.lower()) if w in _WORD_KIND)

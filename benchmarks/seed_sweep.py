@@ -38,7 +38,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # pipelines/ and tcl/ of this checkout
 PROG = "seed_sweep"
 _SEED_KEYS = ("synthetic.seed", "data.seed", "train.seed")
-CONTROLS = ("any", "disjoint")  # the train.shuffle_captions modes a sweep can run after the real captions
+
+from tcl.data.config import SHUFFLE_MODES  # noqa: E402  (torch-free; after the path insert above)
+
+# The train.shuffle_captions modes a sweep can run after the real captions.
+CONTROLS = tuple(mode for mode in SHUFFLE_MODES if mode != "none")
 
 
 def _batch_size(copy: Path) -> int:

@@ -24,7 +24,8 @@ BEFORE = REPO / "tests" / "fixtures" / "params_values_i14.json"
 #: Keys whose value others may change since then (the key must stay).
 MAY_CHANGE = {("pipeline", "nproc_per_node")}
 #: Keys added since then, with their values (every other key keeps the value it had).
-ADDED = {("evaluate", "text_cache"): ".cache/text_embeddings", ("train", "shuffle_captions"): "none"}
+ADDED = {("evaluate", "text_cache"): ".cache/text_embeddings", ("train", "shuffle_captions"): "none",
+         ("model", "tcl_terms"): ["image", "region"]}
 #: Values changed on purpose since then, by path (issue 16: the tiny CLIP pools its class token, as real CLIP's ViTs).
 CHANGED = {("clip", "model", "vision_cfg", "pool_type"): "tok"}
 

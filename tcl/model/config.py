@@ -12,7 +12,11 @@ from dataclasses import dataclass
 
 from ..errors import ConfigError, require
 
-__all__ = ["ClipSettings", "TCLConfig", "check_clip_config", "CLIP_CONFIG_REQUIRED", "CLIP_CONFIG_KEYS"]
+__all__ = ["ClipSettings", "TCLConfig", "TCL_TERMS", "check_clip_config", "CLIP_CONFIG_REQUIRED", "CLIP_CONFIG_KEYS"]
+
+#: TCL's two contrastive terms (``model.tcl_terms``): image-level (the masked image through the frozen CLIP)
+#: and region-level (mask-pooled dense features), each against the captions.
+TCL_TERMS = ("image", "region")
 
 #: What a CLIP config dict must give (open_clip would silently fill the rest with ViT-B/16-sized
 #: defaults: a config missing ``width`` builds a 768-wide tower): the tower sizes TCL depends on.
@@ -113,6 +117,9 @@ class TCLConfig:
     sim2mask_init_b: float = -2.5
     gumbel_tau: float = 1.0
     tcl_w: float = 0.1  # weight of both image- and region-level TCL losses
+    #: Which TCL terms the objective holds (paper Sec. 3.2: image-level and feature/region-level); both
+    #: officially. Dropping one is an ablation: docs/training.md measures what each gains without the pairing.
+    tcl_terms: tuple[str, ...] = TCL_TERMS
     area_w: float = 0.4
     pos_area_prior: float = 0.4
     neg_area_prior: float = 0.0
@@ -125,4 +132,9 @@ class TCLConfig:
         require(self.gumbel_tau > 0, "gumbel_tau", "must be > 0", self.gumbel_tau)
         for name in ("tcl_w", "area_w", "tv_w"):
             require(getattr(self, name) >= 0, name, "must be >= 0", getattr(self, name))
+        object.__setattr__(self, "tcl_terms", tuple(self.tcl_terms))  # a list from JSON or YAML
+        require(bool(self.tcl_terms) and len(set(self.tcl_terms)) == len(self.tcl_terms)
+                and set(self.tcl_terms) <= set(TCL_TERMS), "tcl_terms",
+                f"must list each of {', '.join(TCL_TERMS)} at most once, and at least one (model.tcl_w: 0 drops both)",
+                list(self.tcl_terms))
         require(self.text_chunk_size >= 1, "text_chunk_size", "must be >= 1", self.text_chunk_size)

@@ -41,6 +41,7 @@ from ..checkpoint import (
 from ..data.stream import StreamError, StreamState, TrainingStream, build_loader
 from ..errors import TCLError
 from ..model import TCL
+from ..model.config import TCL_TERMS, TCLConfig
 from ..runtime import Runtime, autocast, make_grad_scaler, resolve_precision, start_runtime
 from .config import TrainConfig  # re-exported: the train section lives there, torch-free
 from .optim import build_optimizer, learning_rate_at, scaled_learning_rates
@@ -56,6 +57,12 @@ LATEST, BEST = "latest.pt", "best.pt"
 
 class TrainingError(TCLError, RuntimeError):
     """Training cannot go on (e.g. too many non-finite steps in a row)."""
+
+
+def _has_unused_parameters(model: TCLConfig) -> bool:
+    """Whether a training step leaves some trainable parameter without a gradient, which DDP must be told:
+    the temperature of a TCL term that is off (``model.tcl_w: 0``, or a term left out of ``model.tcl_terms``)."""
+    return model.tcl_w == 0 or set(model.tcl_terms) != set(TCL_TERMS)
 
 
 def _step_seed(seed: int, rank: int, step: int) -> int:
@@ -106,7 +113,7 @@ class Trainer:
         if rt.distributed:
             self.ddp = DistributedDataParallel(
                 self.model, device_ids=[rt.device.index] if rt.device.type == "cuda" else None,
-                broadcast_buffers=False, find_unused_parameters=params.model.tcl_w == 0)
+                broadcast_buffers=False, find_unused_parameters=_has_unused_parameters(params.model))
             if rt.multi_node and rt.device.type == "cuda":
                 from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
 

@@ -5,6 +5,7 @@ import torch
 
 from tcl import TCLConfig, create_tcl
 from tcl.compat import export_official_state_dict
+from tcl.errors import ConfigError
 from tests import reference_official as ref
 
 
@@ -50,6 +51,29 @@ def test_disabled_loss_weights_drop_their_terms(tiny_clip_config):
     model = create_tcl(tiny_clip_config, config=TCLConfig(ie_freeze=2, tcl_w=0.0, tv_w=0.0))
     out = model(torch.randn(2, 3, 64, 64), model.tokenize(["a", "b"]))
     assert set(out) == {"mask", "neg_mask", "area_loss", "neg_area_loss"}
+
+
+@pytest.mark.parametrize("terms, kept, dropped", [(("image",), "tcli_loss", "tclf_loss"),
+                                                  (("region",), "tclf_loss", "tcli_loss")])
+def test_tcl_terms_keep_only_the_named_term_and_its_temperature_alone_gets_a_gradient(tiny_clip_config, terms,
+                                                                                       kept, dropped):
+    model = create_tcl(tiny_clip_config, config=TCLConfig(ie_freeze=2, tcl_terms=terms))
+    out = model(torch.randn(2, 3, 64, 64), model.tokenize(["a", "b"]))
+    assert kept in out and dropped not in out
+    model.total_loss(out).backward()
+    used, unused = ((model.image_loss, model.region_loss) if terms == ("image",)
+                    else (model.region_loss, model.image_loss))
+    assert used.logit_scale.grad is not None and unused.logit_scale.grad is None
+
+
+@pytest.mark.parametrize("terms", [(), ("image", "image"), ("pixel",)])
+def test_bad_tcl_terms_are_one_line_errors(terms):
+    with pytest.raises(ConfigError, match=r"^tcl_terms: must list each of image, region at most once"):
+        TCLConfig(tcl_terms=terms)
+
+
+def test_tcl_terms_from_a_checkpoint_record_become_a_tuple():
+    assert TCLConfig(tcl_terms=["region"]).tcl_terms == ("region",)
 
 
 def test_clip_stays_in_eval_mode_and_decoder_only_freezes_the_block_copies(tiny_tcl):

@@ -123,6 +123,22 @@ def test_two_processes_keep_replicas_identical_across_the_decoder_only_switch(tm
     assert not all(torch.equal(trained_blocks[k], ust_blocks[k]) for k in trained_blocks)
 
 
+@pytest.mark.parametrize("terms", [["region"], ["image"]])
+def test_two_processes_train_with_one_tcl_term(tmp_path, tiny_clip_dir, tiny_shards, terms):
+    """The other term's temperature gets no gradient: DDP must be told (or the second step fails)."""
+    params = tiny_params(tiny_shards, steps=3, ust_steps=1)
+    params_file = write_params(tmp_path / "params.yaml", {**params, "model": {**params["model"], "tcl_terms": terms}})
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+               str(STAGE), "--params", str(params_file), "--clip", str(tiny_clip_dir), "--out", str(tmp_path / "out"),
+               "--metrics", str(tmp_path / "metrics"), "--no-tracking"]
+    result = subprocess.run(command, cwd=ROOT, env=stage_env(), text=True, capture_output=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    checkpoint = read_checkpoint(tmp_path / "out" / "latest.pt")
+    digests = checkpoint["extra"]["replica_digests"]
+    assert checkpoint["step"] == 3 and digests[0] == digests[1]
+    assert ("tcli_loss" in result.stdout) == (terms == ["image"])
+
+
 def test_non_finite_steps_are_skipped_counted_and_stop_training(tmp_path, tiny_clip_dir, tiny_shards):
     params = build_params(tiny_shards, max_nonfinite=2)
     trainer = Trainer(params, tiny_clip_dir, tmp_path / "out", metrics_dir=tmp_path / "metrics", track=False)

@@ -117,8 +117,8 @@ class TCLConfig:
     sim2mask_init_b: float = -2.5
     gumbel_tau: float = 1.0
     tcl_w: float = 0.1  # weight of both image- and region-level TCL losses
-    #: Which TCL terms the objective holds (paper Sec. 3.2: image-level and feature/region-level); both
-    #: officially. Dropping one is an ablation: docs/training.md measures what each gains without the pairing.
+    #: Which TCL terms the objective holds; both officially (kakaobrain/tcl models/tcl/tcl.py ``TCL.forward``).
+    #: Dropping one is an ablation: docs/training.md measures what each gains without the pairing.
     tcl_terms: tuple[str, ...] = TCL_TERMS
     area_w: float = 0.4
     pos_area_prior: float = 0.4
@@ -138,3 +138,8 @@ class TCLConfig:
                 f"must list each of {', '.join(TCL_TERMS)} at most once, and at least one (model.tcl_w: 0 drops both)",
                 list(self.tcl_terms))
         require(self.text_chunk_size >= 1, "text_chunk_size", "must be >= 1", self.text_chunk_size)
+
+    @property
+    def active_tcl_terms(self) -> tuple[str, ...]:
+        """The TCL terms the loss computes: ``tcl_terms``, or none when ``tcl_w`` is 0."""
+        return self.tcl_terms if self.tcl_w else ()

@@ -215,13 +215,13 @@ class TCL(nn.Module):
         if cfg.area_w:
             out["area_loss"] = cfg.area_w * area_prior_loss(soft_pos, cfg.pos_area_prior)
             out["neg_area_loss"] = cfg.area_w * area_prior_loss(soft_neg, cfg.neg_area_prior)
-        if cfg.tcl_w and "region" in cfg.tcl_terms:
+        if "region" in cfg.active_tcl_terms:
             pooled = masked_average_pool(dense, soft)
             out["tclf_loss"] = cfg.tcl_w * self.region_loss(pooled, text_emb)
         if cfg.tv_w:
             out["tv_img_loss"] = cfg.tv_w * total_variation(dense)
             out["tv_mask_loss"] = cfg.tv_w * total_variation(soft)
-        if cfg.tcl_w and "image" in cfg.tcl_terms:
+        if "image" in cfg.active_tcl_terms:
             # Gradients flow through the frozen CLIP into the straight-through hard mask.
             pos_full = F.interpolate(pos_hard, size=image.shape[-2:], mode="nearest")
             out["tcli_loss"] = cfg.tcl_w * self.image_loss(self.encode_image(pos_full * image), text_emb)

@@ -62,7 +62,7 @@ class TrainingError(TCLError, RuntimeError):
 def _has_unused_parameters(model: TCLConfig) -> bool:
     """Whether a training step leaves some trainable parameter without a gradient, which DDP must be told:
     the temperature of a TCL term that is off (``model.tcl_w: 0``, or a term left out of ``model.tcl_terms``)."""
-    return model.tcl_w == 0 or set(model.tcl_terms) != set(TCL_TERMS)
+    return set(model.active_tcl_terms) != set(TCL_TERMS)
 
 
 def _step_seed(seed: int, rank: int, step: int) -> int:

@@ -103,11 +103,16 @@ def test_a_run_killed_with_sigkill_resumes_to_bit_identical_weights(tmp_path, ti
     assert [row.split(",")[0] for row in curve[1:]] == [str(s) for s in range(1, 7)]  # no duplicated steps
 
 
+def two_process_stage(params_file: Path, clip: Path, tmp_path: Path) -> list[str]:
+    """The train stage under torchrun with two CPU processes, writing to ``tmp_path``/out and /metrics."""
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", str(STAGE),
+            "--params", str(params_file), "--clip", str(clip), "--out", str(tmp_path / "out"),
+            "--metrics", str(tmp_path / "metrics"), "--no-tracking"]
+
+
 def test_two_processes_keep_replicas_identical_across_the_decoder_only_switch(tmp_path, tiny_clip_dir, tiny_shards):
     params_file = write_params(tmp_path / "params.yaml", tiny_params(tiny_shards, steps=2, ust_steps=2))
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-               str(STAGE), "--params", str(params_file), "--clip", str(tiny_clip_dir), "--out", str(tmp_path / "out"),
-               "--metrics", str(tmp_path / "metrics"), "--no-tracking"]
+    command = two_process_stage(params_file, tiny_clip_dir, tmp_path)
     for steps in (2, 5):  # the UST phase, then past the switch (resumed from the step-2 checkpoint)
         result = subprocess.run([*command, "--steps", str(steps)], cwd=ROOT, env=stage_env(), text=True,
                                 capture_output=True, timeout=300)
@@ -128,10 +133,8 @@ def test_two_processes_train_with_one_tcl_term(tmp_path, tiny_clip_dir, tiny_sha
     """The other term's temperature gets no gradient: DDP must be told (or the second step fails)."""
     params = tiny_params(tiny_shards, steps=3, ust_steps=1)
     params_file = write_params(tmp_path / "params.yaml", {**params, "model": {**params["model"], "tcl_terms": terms}})
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-               str(STAGE), "--params", str(params_file), "--clip", str(tiny_clip_dir), "--out", str(tmp_path / "out"),
-               "--metrics", str(tmp_path / "metrics"), "--no-tracking"]
-    result = subprocess.run(command, cwd=ROOT, env=stage_env(), text=True, capture_output=True, timeout=300)
+    result = subprocess.run(two_process_stage(params_file, tiny_clip_dir, tmp_path), cwd=ROOT, env=stage_env(),
+                            text=True, capture_output=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     checkpoint = read_checkpoint(tmp_path / "out" / "latest.pt")
     digests = checkpoint["extra"]["replica_digests"]

@@ -35,12 +35,14 @@ MLflow's own HTTP retries are cut to a few seconds while our calls run (see ``tr
 from __future__ import annotations
 
 import collections
+import contextlib
 import json
 import os
 import shutil
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -118,6 +120,7 @@ class RunTracker:
         self._cond = threading.Condition()
         self._wake = threading.Event()  # interrupts the wait between probes when finish() is called
         self._busy = self._closed = self._stopping = self._down = False
+        self._pauses = 0  # paused(): the worker starts no new call while > 0
         self._warned: set[str] = set()
         self._dropped = 0
         self._tmp: Path | None = None
@@ -322,6 +325,26 @@ class RunTracker:
             self._cond.wait_for(lambda: (not self._queue and not self._busy) or self._down, timeout)
             return not self._queue and not self._busy
 
+    @contextlib.contextmanager
+    def paused(self, timeout: float = 30.0) -> Iterator[None]:
+        """Hold the delivery thread between two calls while the caller forks (a DataLoader starting its
+        workers). A thread caught inside an import when the process forks (MLflow and PIL import lazily
+        on their first image) leaves that module's lock held in the child, whose first import of the
+        module then waits forever. Waits at most ``timeout`` s for the call in flight (none while the
+        store is down: the thread only sleeps then); calls queued meanwhile are sent afterwards."""
+        if self._worker is None:
+            yield
+            return
+        with self._cond:
+            self._pauses += 1
+            self._cond.wait_for(lambda: not self._busy or self._down, timeout)
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._pauses -= 1
+                self._cond.notify_all()
+
     def finish(self, status: str = "FINISHED", timeout: float = 30.0) -> None:
         """End the run with ``status`` (FINISHED, FAILED, KILLED), waiting at most ``timeout`` seconds
         for the queue (and for a store that is down to come back); later calls on this tracker are
@@ -401,7 +424,7 @@ class RunTracker:
     def _work(self) -> None:
         while True:
             with self._cond:
-                self._cond.wait_for(lambda: bool(self._queue))
+                self._cond.wait_for(lambda: bool(self._queue) and (not self._pauses or self._stopping))
                 op = self._queue.popleft()
                 if op.kind == "batch":
                     op = _merge(op, self._queue)

@@ -264,7 +264,8 @@ class Trainer:
             self.log(f"warning: {len(self.stream.missing)} shard(s) missing (e.g. {self.stream.missing[0]}); "
                      "training on the ones that exist")
         previous = {sig: signal.signal(sig, self._request_stop) for sig in (signal.SIGTERM, signal.SIGINT)}
-        batches = iter(build_loader(self.stream))
+        with self.tracker.paused():  # the loader forks its workers here: no tracking call in flight
+            batches = iter(build_loader(self.stream))
         try:
             interval_start, interval_steps = time.perf_counter(), 0
             while self.step < cfg.steps and not self._stopping:
@@ -327,13 +328,15 @@ class Trainer:
 
         config = self.params.evaluate
         results, thresholds = {}, {}
-        for name in self.cfg.val_benchmarks:
-            if get_benchmark(name).with_background and config.bg_thresh is None:
-                sweep = sweep_bg_thresh(self.model, name, config, root=self.root)
-                results[f"val/{name}_miou"], thresholds[name] = sweep["best_miou"], sweep["best"]
-            else:
-                result = evaluate_benchmark(self.model, name, config, root=self.root, print_table=False)
-                results[f"val/{name}_miou"] = result["miou"]
+        # Each benchmark's loader forks its workers: no tracking call may be in flight then (RunTracker.paused).
+        with self.tracker.paused():
+            for name in self.cfg.val_benchmarks:
+                if get_benchmark(name).with_background and config.bg_thresh is None:
+                    sweep = sweep_bg_thresh(self.model, name, config, root=self.root)
+                    results[f"val/{name}_miou"], thresholds[name] = sweep["best_miou"], sweep["best"]
+                else:
+                    result = evaluate_benchmark(self.model, name, config, root=self.root, print_table=False)
+                    results[f"val/{name}_miou"] = result["miou"]
         results["val/avg_miou"] = sum(results.values()) / len(results)
         self.val_metrics = results
         chosen = "".join(f", {name} bg_thresh {value}" for name, value in thresholds.items())

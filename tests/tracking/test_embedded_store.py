@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib
+import multiprocessing
 import os
 import time
 import warnings
@@ -137,6 +139,41 @@ def test_register_model_with_alias(store, tmp_path):
         assert register_model(run.run_id, "no_such_model", "tcl-tiny") is None
     with pytest.raises(ValueError, match="no MLflow model"):
         register_model(run.run_id, "no_such_model", "tcl-tiny", strict=True)
+
+
+def test_paused_lets_a_child_forked_meanwhile_import_what_the_delivery_thread_was_importing(store, tmp_path,
+                                                                                            monkeypatch):
+    """A DataLoader forks its workers while the tracker's thread may be inside a first import (MLflow and
+    PIL import lazily on the first image): the child inherits that module's lock, held by a thread it does
+    not have, and its own import of the module waits forever (a validation hung this way). paused() lets
+    the call in flight finish before the fork and starts no other until the caller is done."""
+    (tmp_path / "slow_first_import.py").write_text("import time\n\ntime.sleep(1.0)\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    run = RunTracker.start("forks")
+    deliver = run._deliver
+
+    def deliver_after_a_first_import(op):
+        import slow_first_import  # noqa: F401  (one second inside the import, holding its module lock)
+
+        deliver(op)
+
+    run._deliver = deliver_after_a_first_import
+    run.log_metrics({"x": 1.0}, step=0)
+    time.sleep(0.3)  # the delivery thread is inside the import now
+    with run.paused():
+        run.log_metrics({"x": 2.0}, step=1)
+        child = multiprocessing.get_context("fork").Process(target=importlib.import_module, args=("slow_first_import",))
+        child.start()
+        child.join(20)
+        hung = child.is_alive()
+        if hung:
+            child.kill()
+        time.sleep(0.3)
+        during = [m.value for m in store.get_metric_history(run.run_id, "x")]
+    run.finish()
+    assert not hung and child.exitcode == 0
+    assert during == [1.0]  # the call in flight finished; the one queued during the pause waited
+    assert sorted(m.value for m in store.get_metric_history(run.run_id, "x")) == [1.0, 2.0]
 
 
 def test_queue_bound_drops_and_counts(store):

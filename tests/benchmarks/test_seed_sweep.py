@@ -79,8 +79,9 @@ def test_real_captions_gain_far_more_than_captions_that_name_other_kinds(tmp_pat
 
     Real captions must lift TCL at least 5 points above step 0 and above both baselines on the mean, and
     the disjoint control (``train.shuffle_captions: disjoint``, no pair grounded by chance) must gain at
-    least 5 points less. (The control is not harmless: at full size it still gained +4.1 over step 0,
-    through the trained projection head, see docs/training.md; the issue's target of at most +1 is not met.)
+    most 1 point over step 0 and at least 5 points less than real captions: what training adds comes
+    from the pairing. (With the image-level term in the objective the control gained +4.1 at full size:
+    docs/training.md, hence the built-in world's ``model.tcl_terms: [region]``.)
     """
     out = tmp_path / "sweep.json"
     env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
@@ -96,4 +97,5 @@ def test_real_captions_gain_far_more_than_captions_that_name_other_kinds(tmp_pat
     real_gain = real["tcl"] - real["step0"]
     assert real_gain >= 5.0, real
     assert real["margin"] > 0, real
+    assert control["gain_over_step0"] <= 1.0, (real, control)
     assert control["gain_over_step0"] <= real_gain - 5.0, (real, control)

@@ -330,8 +330,8 @@ class RunTracker:
         """Hold the delivery thread between two calls while the caller forks (a DataLoader starting its
         workers). A thread caught inside an import when the process forks (MLflow and PIL import lazily
         on their first image) leaves that module's lock held in the child, whose first import of the
-        module then waits forever. Waits at most ``timeout`` s for the call in flight (none while the
-        store is down: the thread only sleeps then); calls queued meanwhile are sent afterwards."""
+        module then waits forever. Waits at most ``timeout`` s for the call in flight (not while the
+        store is down: the thread then waits between probes); calls queued meanwhile are sent afterwards."""
         if self._worker is None:
             yield
             return

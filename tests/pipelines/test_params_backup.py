@@ -81,7 +81,7 @@ def test_a_process_killed_inside_the_block_is_undone_by_recover_unless_the_file_
         assert done.returncode == -signal.SIGKILL
         assert _steps_in_file(tmp_path) == 5 and (tmp_path / BACKUP_FILE).is_file()  # the crash left both
         if edited:  # the user changed params.yaml after the crash: never overwritten, the original kept aside
-            (tmp_path / "params.yaml").write_text(before.replace("  steps: 100\n", "  steps: 7\n"))
+            (tmp_path / "params.yaml").write_text(before.replace("  steps: 40\n", "  steps: 7\n"))
         lines = []
         assert recover(tmp_path, lines.append)
         assert not (tmp_path / BACKUP_FILE).exists() and len(lines) == 1

@@ -8,13 +8,14 @@ is validated, before any stage starts) for this flow run only: :mod:`pipelines.p
 the file back however the run ends. A flow run that DVC finds nothing to do for records nothing
 (no MLflow parent run, no artifacts). Downloads retry with exponential backoff (img2dataset resumes
 finished shards), training runs under ``torchrun`` (the train stage's command), evaluations are
-mapped over the benchmarks with at most ``eval_concurrency`` at a time. One MLflow parent run per
-flow run holds every stage's run; the flow publishes the benchmark table (with the report's mean as
-its last row) as a Prefect table artifact and links that MLflow run. A flow run holds the
-checkout's workspace lock (:mod:`pipelines.lock`) from start to finish, as ``make run`` does: a
-second pipeline run in the same checkout fails at once, naming the first. Run it once with
-``python -m pipelines.flow`` (bad parameters: one line on stderr, exit status 2, before any flow
-run; a failed stage: exit status 1); schedule it with ``prefect.yaml`` or ``python -m pipelines.serve``.
+mapped over the models (the trained one, each baseline) with at most ``eval_concurrency`` at a
+time. One MLflow parent run per flow run holds every stage's run; the flow publishes the benchmark
+table (with the report's mean as its last row) as a Prefect table artifact and links that MLflow
+run. A flow run holds the checkout's workspace lock (:mod:`pipelines.lock`) from start to finish,
+as ``make run`` does: a second pipeline run in the same checkout fails at once, naming the first.
+Run it once with ``python -m pipelines.flow`` (bad parameters: one line on stderr, exit status 2,
+before any flow run; a failed stage: exit status 1); schedule it with ``prefect.yaml`` or
+``python -m pipelines.serve``.
 """
 
 from __future__ import annotations
@@ -80,7 +81,7 @@ def run_stage(stage: str, root: str, env: dict[str, str], force: bool = False) -
 
 def stage_groups(stages: list[str]) -> list[tuple[str, list[str]]]:
     """Consecutive stages with one base name (``download@a``, ``download@b`` → ``download``), in DVC's
-    file order, which is the pipeline's order; evaluate@ and baseline@ stages form one group."""
+    file order, which is the pipeline's order; the evaluate stage and the baseline@ stages form one group."""
     def base(name: str) -> str:
         head = name.split("@", 1)[0]
         return "evaluate" if head in EVAL_STAGES else head
@@ -90,7 +91,7 @@ def stage_groups(stages: list[str]) -> list[tuple[str, list[str]]]:
 
 @flow(name="evaluate-benchmarks")
 def evaluate_benchmarks(stages: list[str], root: str, env: dict[str, str], force: bool = False) -> list[str]:
-    """The evaluate@/baseline@ stages, mapped; the caller sets the task runner's concurrency."""
+    """The evaluate and baseline@ stages (one per model), mapped; the caller sets the task runner's concurrency."""
     futures = run_stage.with_options(tags=["tcl-evaluate"]).map(stages, root=unmapped(root), env=unmapped(env),
                                                                   force=unmapped(force))
     return futures.result()
@@ -161,8 +162,8 @@ def tcl_pipeline(overrides: list[str] | None = None, overrides_file: str | None 
         with overrides_applied(root, changes, command=name, say=logger.warning):
             if changes:
                 logger.info("params.yaml overrides for this run: %s", ", ".join(f"{k}={v!r}" for k, v in changes))
-            # Expanded with the overrides written: evaluate.benchmarks=[...] or pipeline.baselines=[...] change the
-            # foreach stages (evaluate@..., baseline@...) that exist in this run.
+            # Expanded with the overrides written: pipeline.baselines=[...] or download.sources change the
+            # foreach stages (baseline@..., download@...) that exist in this run.
             groups = stage_groups(dvc.stage_names(root))
             if until is not None:
                 groups = groups[:[name for name, _ in groups].index(until) + 1]

@@ -1,7 +1,7 @@
 """The MLflow parent run of one pipeline execution (``make run``, ``dvc exp run`` through it, a Prefect flow run).
 
 Stage processes find it through the environment (:meth:`PipelineRun.env`): their own runs (train,
-evaluate@..., register) open as its children, in its experiment, tagged with the git commit, the DVC
+evaluate, register) open as its children, in its experiment, tagged with the git commit, the DVC
 stage and experiment and the Prefect flow run (:func:`tcl.tracking.run_tags`). When the stages are
 done, :meth:`PipelineRun.record` copies the run's outcome onto the parent (the benchmark table's
 numbers as metrics, the parameters, ``params.yaml``, ``dvc.lock`` and the report as artifacts), so

@@ -12,7 +12,7 @@ so a sweep of weaker experiments never takes it away.
 The model is logged with the inference settings the pipeline evaluated it with, so that serving it
 predicts what was scored: ``evaluate`` in params.yaml (:meth:`tcl.eval.EvalConfig.settings`, the
 template and PAMR/KP settings) in the window geometry of the evaluated benchmarks' protocol, the
-background threshold of --bg-thresh (the bg_thresh stage's choice), sliding windows as the benchmarks
+background threshold of --bg-thresh (the evaluate stage's choice), sliding windows as the benchmarks
 use them. They are the pyfunc's config and request defaults (and its ``inference_settings.json``),
 and go into --out with the checkpoint's MD5, where ``tcl predict`` / ``tcl serve-demo`` find them for
 that checkpoint. Writes --out (name, version, alias, whether it moved, model URI, ``inference``)
@@ -39,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--report", type=Path, default=Path("metrics/report/report.json"),
                         help="the report stage's JSON, for the mean mIoU (metrics/report/report.json)")
     parser.add_argument("--bg-thresh", type=Path, default=Path("metrics/bg_thresh/tcl.json"),
-                        help="the bg_thresh stage's record of the threshold the model was scored with "
+                        help="the evaluate stage's record of the threshold the model was scored with "
                              "(metrics/bg_thresh/tcl.json)")
     parser.add_argument("--out", type=Path, default=Path("metrics/registered.json"), help="(metrics/registered.json)")
     args = parser.parse_args(argv)
@@ -59,8 +59,8 @@ def evaluated_options(evaluate, bg_thresh: Path):
     from tcl.inference import PredictOptions
 
     if not bg_thresh.is_file():
-        raise ConfigError(f"bg_thresh record {bg_thresh} not found: run the bg_thresh stage first "
-                          "(dvc repro bg_thresh)")
+        raise ConfigError(f"bg_thresh record {bg_thresh} not found: run the evaluate stage first "
+                          "(dvc repro evaluate)")
     protocols = {get_benchmark(name).protocol for name in evaluate.benchmarks}
     protocol = protocols.pop() if len(protocols) == 1 else get_benchmark(evaluate.bg_thresh_split).protocol
     settings = replace(evaluate.settings(protocol), bg_thresh=read_bg_thresh(str(bg_thresh)))

@@ -134,7 +134,7 @@ def test_empty_phrase_list_is_a_usage_error(capsys):
 @pytest.mark.slow  # ~40 s on a loaded 2-core machine: a registration, a subprocess, five model loads
 def test_predict_uses_the_settings_recorded_for_the_project_checkpoint(tmp_path, monkeypatch, capsys):
     """In a project the pipeline has registered, `tcl predict` with no model named uses models/tcl/best.pt
-    with the settings the register stage recorded for it (bg_thresh 0.55 of the bg_thresh stage, the synthetic
+    with the settings the register stage recorded for it (bg_thresh 0.55 of the evaluate stage, the synthetic
     geometry, simple templates, sliding windows) and says so; flags override them; a checkpoint that changed
     since it was registered gets the defaults, and a line saying why; --model runs the registered model."""
     project = tmp_path / "project"

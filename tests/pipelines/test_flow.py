@@ -49,7 +49,10 @@ DVC_YAML = {"stages": {
     "train": {"cmd": "echo step 1 of 2 && echo step 2 of 2 && test ${prepare_clip.steps} -ne 13 && "
                      "cat shards_a.txt shards_b.txt > model.txt",
               "deps": ["shards_a.txt", "shards_b.txt"], "params": ["prepare_clip.steps"], "outs": ["model.txt"]},
-    "evaluate": {"foreach": ["x", "y", "z"], "do": {
+    # the trained model's evaluation and the baselines': one stage per model, mapped together
+    "evaluate": {"cmd": "python eval.py x", "deps": ["model.txt", "eval.py"],
+                 "outs": [{"metrics/eval/x.json": {"cache": False}}]},
+    "baseline": {"foreach": ["y", "z"], "do": {
         "cmd": "python eval.py ${item}", "deps": ["model.txt", "eval.py"],
         "outs": [{"metrics/eval/${item}.json": {"cache": False}}]}},
     "report": {"cmd": "python report.py", "deps": ["metrics/eval", "report.py"],
@@ -106,7 +109,7 @@ def test_flow_runs_each_stage_through_dvc_with_retries_a_concurrency_limit_and_a
     task_runs, logs, artifacts = _flow_run(state.state_details.flow_run_id)
 
     runs = {run.name: run for run in task_runs}
-    assert {"synthetic", "download@a", "download@b", "train", "evaluate@x", "evaluate@y", "evaluate@z",
+    assert {"synthetic", "download@a", "download@b", "train", "evaluate", "baseline@y", "baseline@z",
             "report"} <= set(runs)
     assert runs["download@a"].run_count == 2 and runs["download@b"].run_count == 2  # retried after the failure
     messages = [log.message for log in logs]
@@ -188,8 +191,8 @@ def test_a_failing_stage_fails_the_flow_and_bad_parameters_fail_before_any_stage
 
 
 def test_an_override_of_a_foreach_list_runs_the_stages_it_expands_to(scratch):
-    """pipeline.baselines=[...] (or evaluate.benchmarks=[...]) for one flow run: the run has the baseline@
-    stages of the overridden list, not those of the file (whose names dvc.yaml no longer has then)."""
+    """pipeline.baselines=[...] for one flow run: the run has the baseline@ stages of the overridden
+    list, not those of the file (whose names dvc.yaml no longer has then)."""
     from pipelines.flow import tcl_pipeline
 
     # the scratch synthetic stage (it makes the inputs the flow checks for) and one foreach stage: fast
@@ -327,9 +330,9 @@ def test_stages_are_grouped_in_dvc_order_with_evaluations_together():
     from pipelines.flow import stage_groups
 
     stages = ["synthetic", "download@cc3m", "download@cc12m", "convert_coco_object@coco", "prepare_clip", "train",
-              "evaluate@voc", "evaluate@ade20k", "baseline@step0", "report", "register"]
+              "evaluate", "baseline@step0", "baseline@maskclip", "report", "register"]
     assert stage_groups(stages) == [
         ("synthetic", ["synthetic"]), ("download", ["download@cc3m", "download@cc12m"]),
         ("convert_coco_object", ["convert_coco_object@coco"]), ("prepare_clip", ["prepare_clip"]), ("train", ["train"]),
-        ("evaluate", ["evaluate@voc", "evaluate@ade20k", "baseline@step0"]), ("report", ["report"]),
+        ("evaluate", ["evaluate", "baseline@step0", "baseline@maskclip"]), ("report", ["report"]),
         ("register", ["register"])]

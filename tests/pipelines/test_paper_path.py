@@ -6,7 +6,7 @@ as the paper setting reads the real file), ``ie_freeze: 11``, 2 decoder stages, 
 augmentation, ``grad_accum: 2``, bf16/fp32 as ``train.precision: auto`` chooses, the paper's evaluation setting
 (PAMR, KP 0.3, a fixed bg_thresh 0.4, the 9 custom templates) and the paper's window geometry (448 px, stride
 224) on the synthetic benchmarks. DVC runs the stages with the commands of dvc.yaml (synthetic world,
-download@synthetic over loopback, prepare_clip, train under torchrun, bg_thresh, evaluate@synthetic_voc); the
+download@synthetic over loopback, prepare_clip, train under torchrun, evaluate on synthetic_voc); the
 data are the synthetic world's, at reduced size: 2 training steps of 2 x 2 images, a validation and an
 evaluation of a few 448-px windows.
 """
@@ -56,13 +56,13 @@ def test_the_paper_configuration_trains_and_evaluates_through_the_real_stages(tm
     sets = [f"{key}={json.dumps(value)}" for key, value in PAPER_AT_TEST_SIZE.items()]
     start = time.monotonic()
     done = run_python(["-m", "pipelines.run", "--no-tracking", "--overrides-file", "configs/paper.yaml",
-                       *[arg for item in sets for arg in ("-S", item)], "evaluate@synthetic_voc"], root, timeout=2400)
+                       *[arg for item in sets for arg in ("-S", item)], "evaluate"], root, timeout=2400)
     seconds = time.monotonic() - start
     print(f"paper configuration, 2 steps + evaluation, through DVC: {seconds:.0f} s")
     assert done.returncode == 0, done.stdout[-5000:] + done.stderr[-5000:]
 
     lock = (root / "dvc.lock").read_text()
-    for stage in ("synthetic", "download@synthetic", "prepare_clip", "train", "bg_thresh", "evaluate@synthetic_voc"):
+    for stage in ("synthetic", "download@synthetic", "prepare_clip", "train", "evaluate"):
         assert f"  {stage}:\n" in lock, stage
     assert json.loads((root / "models/clip/clip.json").read_text())["model"] == OPENAI_VIT_B16
 
@@ -83,6 +83,7 @@ def test_the_paper_configuration_trains_and_evaluates_through_the_real_stages(tm
     with (root / "metrics/val_curve.csv").open() as handle:
         assert [int(row["step"]) for row in csv.DictReader(handle)] == [2]  # validated on t_synthetic_voc at the end
 
+    assert json.loads((root / "metrics/bg_thresh/tcl.json").read_text())["best"] == 0.4  # fixed, passed through
     result = json.loads((root / "metrics/eval/synthetic_voc.json").read_text())
     settings = result["settings"]
     assert (settings["short_side"], settings["crop"], settings["stride"]) == (448, 448, 224)

@@ -64,12 +64,12 @@ def plots_repo(tmp_path_factory) -> Path:
     root = init_repo(tmp_path_factory.mktemp("plots") / "project")
     definitions = yaml.safe_load((REPO / "dvc.yaml").read_text())["plots"]
     assert [next(iter(d)) for d in definitions] == list(CHARTS), "dvc.yaml's plots changed: update CHARTS"
-    # plus an overlay folder, as the evaluate@ stages declare them: images go to the page's static/
-    (root / "dvc.yaml").write_text(yaml.safe_dump({"plots": [*definitions, "metrics/overlays/voc"]}, sort_keys=False))
+    # plus an overlay folder, as the evaluate stage declares it: images go to the page's static/
+    (root / "dvc.yaml").write_text(yaml.safe_dump({"plots": [*definitions, "metrics/overlays"]}, sort_keys=False))
     (root / ".gitignore").write_text("/dvc_plots/\n/default_page/\n")
     write_metrics(root)
-    (root / "metrics" / "overlays" / "voc").mkdir(parents=True)
-    Image.new("RGB", (12, 4), (200, 30, 30)).save(root / "metrics" / "overlays" / "voc" / "0.png")
+    (root / "metrics" / "overlays").mkdir(parents=True)
+    Image.new("RGB", (12, 4), (200, 30, 30)).save(root / "metrics" / "overlays" / "voc_0.png")
     git(root, "add", "-A")
     git(root, "commit", "-qm", "metrics")
     return root

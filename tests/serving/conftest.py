@@ -14,7 +14,7 @@ def tiny_checkpoint(tmp_path_factory) -> Path:
     return write_tiny_checkpoint(tmp_path_factory.mktemp("tiny_tcl"))
 
 
-# What the bg_thresh stage writes (stages/evaluate.py --sweep-bg-thresh): 0.55 was the best of the sweep.
+# What the evaluate stage records as its threshold (evaluate.py --choose-bg-thresh): 0.55, the best of the sweep.
 BG_RECORD = {"benchmark": "t_synthetic_voc", "candidates": {"0.4": 20.0, "0.55": 30.0}, "best": 0.55}
 
 

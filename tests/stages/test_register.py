@@ -64,7 +64,7 @@ def test_an_unreachable_store_is_one_line_and_exit_1(inputs, capsys, monkeypatch
 
 def test_the_registered_model_runs_with_the_evaluated_settings(tmp_path, monkeypatch):
     """The served model predicts what the pipeline scored: params.yaml's evaluate section in the synthetic
-    protocol's geometry (its benchmarks), the bg_thresh stage's threshold, sliding windows, unless a request
+    protocol's geometry (its benchmarks), the evaluate stage's threshold, sliding windows, unless a request
     says otherwise."""
     import mlflow
     import pandas as pd

@@ -54,14 +54,15 @@ def machine() -> dict:
     return {"cpu": model, "cores": cores, "avx512": avx512}
 
 
-def time_stages(lines: list[tuple[float, str]], end: float) -> dict[str, float]:
-    """Seconds per stage from ``(arrival time, line)`` pairs, measured from the first line's time:
-    ``startup`` until the first ``Running stage`` line, each stage until the next one (the last until
-    ``end``). A stage DVC names twice (it cannot) would be summed."""
+def time_stages(lines: list[tuple[float, str]], start: float, end: float) -> dict[str, float]:
+    """Seconds per stage from ``(arrival time, line)`` pairs of a command that ran from ``start`` to
+    ``end``: ``startup`` until the first ``Running stage`` line, each stage until the next one (the
+    last until ``end``); nothing for a command that printed nothing. A stage DVC names twice (it
+    cannot) would be summed."""
     if not lines:
         return {}
     times: dict[str, float] = {}
-    current, since = "startup", lines[0][0]
+    current, since = "startup", start
     for at, text in lines:
         match = _STAGE_LINE.match(text)
         if match:
@@ -103,7 +104,6 @@ def run_once(index: int, work: Path, overrides: list[str]) -> dict:
     with log.open("w", encoding="utf-8") as handle, subprocess.Popen(
             args, cwd=clone, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
             errors="replace") as proc:
-        lines.append((start, ""))
         for text in proc.stdout:
             at = time.monotonic()
             handle.write(text)
@@ -114,7 +114,7 @@ def run_once(index: int, work: Path, overrides: list[str]) -> dict:
         status = proc.wait()
     total = time.monotonic() - start
     return {"run": index, "clone": str(clone), "commit": commit, "log": str(log), "ok": status == 0,
-            "exit_status": status, "total": round(total, 1), "stages": time_stages(lines, start + total),
+            "exit_status": status, "total": round(total, 1), "stages": time_stages(lines, start, start + total),
             "prepare_clip_samples_per_s": clip_throughput(lines)}
 
 
@@ -122,9 +122,10 @@ def summarize(runs: list[dict]) -> list[dict]:
     """Per stage (in the order of the first run) and for the total: median, min and max seconds."""
     done = [run for run in runs if run["ok"]]
     names = list(dict.fromkeys(name for run in done for name in run["stages"]))
+    columns = [(name, [run["stages"][name] for run in done if name in run["stages"]]) for name in names]
+    columns.append(("total", [run["total"] for run in done]))
     rows = []
-    for name, values in [(n, [run["stages"][n] for run in done if n in run["stages"]]) for n in names] + [
-            ("total", [run["total"] for run in done])]:
+    for name, values in columns:
         if values:
             rows.append({"stage": name, "median": round(statistics.median(values), 1), "min": min(values),
                          "max": max(values), "n": len(values)})

@@ -15,12 +15,12 @@ SCRIPT = REPO / "benchmarks" / "pipeline_time.py"
 
 def test_a_stage_runs_from_its_line_to_the_next_and_the_startup_comes_first():
     timing = load_benchmark("pipeline_time")
-    lines = [(100.0, ""), (103.5, "run: dvc repro; MLflow parent run x"), (107.0, "Running stage 'synthetic':"),
+    lines = [(103.5, "run: dvc repro; MLflow parent run x"), (107.0, "Running stage 'synthetic':"),
              (120.0, "> python stages/synthetic.py"), (150.0, "Running stage 'download@synthetic':"),
              (151.0, "Stage 'x' didn't change, skipping"), (190.0, "Running stage 'report':")]
-    assert timing.time_stages(lines, end=195.0) == {"startup": 7.0, "synthetic": 43.0, "download@synthetic": 40.0,
-                                                     "report": 5.0}
-    assert timing.time_stages([], end=1.0) == {}
+    assert timing.time_stages(lines, start=100.0, end=195.0) == {
+        "startup": 7.0, "synthetic": 43.0, "download@synthetic": 40.0, "report": 5.0}
+    assert timing.time_stages([], start=0.0, end=1.0) == {}
 
 
 def test_the_summary_has_median_min_and_max_per_stage_and_leaves_failed_runs_out():

@@ -24,9 +24,11 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import glob
 import math
 import os
 import re
+import sys
 import types
 import typing
 from collections.abc import Iterable
@@ -43,7 +45,7 @@ from .eval.config import BASELINES, EvalConfig
 from .model.config import ClipSettings, TCLConfig
 from .train.config import ClipPretrainConfig, TrainConfig
 
-__all__ = ["ConfigError", "ClipSettings", "PipelineConfig", "Params", "load_params", "read_params_file",
+__all__ = ["ConfigError", "ClipSettings", "PipelineConfig", "gpu_count", "Params", "load_params", "read_params_file",
            "read_yaml_file", "from_dict", "params_from_file", "UniqueKeyLoader", "DuplicateKeyError",
            "FLOAT_EXPONENT", "Override", "parse_overrides", "load_overrides_file", "apply_overrides",
            "validate_overrides"]
@@ -52,6 +54,23 @@ __all__ = ["ConfigError", "ClipSettings", "PipelineConfig", "Params", "load_para
 #: A float written with an exponent but no dot (``1e-05``): YAML 1.2 and Hydra read a number, PyYAML a string.
 FLOAT_EXPONENT = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+$")
 _ALIAS = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]*$")
+
+
+# Linux shows a CUDA GPU as /dev/nvidia<N>, a ROCm one through /dev/kfd and WSL's through /dev/dxg.
+_GPU_DEVICE_NODES = ("/dev/nvidia[0-9]*", "/dev/kfd", "/dev/dxg")
+
+
+def gpu_count() -> int:
+    """This machine's GPU count as torch sees it (``torch.cuda.device_count()``).
+
+    On Linux without any GPU device node torch would count 0, so the answer is 0 without importing
+    torch: that import takes 2–3 s, and the train stage asks this before torchrun starts.
+    """
+    if sys.platform == "linux" and not any(glob.glob(pattern) for pattern in _GPU_DEVICE_NODES):
+        return 0
+    import torch  # only here: reading the configuration must not need torch
+
+    return torch.cuda.device_count()
 
 
 @dataclass(frozen=True)
@@ -73,14 +92,10 @@ class PipelineConfig:
 
     def local_world_size(self, gpus: int | None = None) -> int:
         """The number of train processes on this machine: ``nproc_per_node``, or for ``auto`` the GPU count
-        (``gpus``, else ``torch.cuda.device_count()``), at least 1."""
+        (``gpus``, else :func:`gpu_count`), at least 1."""
         if self.nproc_per_node != "auto":
             return int(self.nproc_per_node)
-        if gpus is None:
-            import torch  # only here: reading the configuration must not need torch
-
-            gpus = torch.cuda.device_count()
-        return max(1, gpus)
+        return max(1, gpu_count() if gpus is None else gpus)
 
     def __post_init__(self) -> None:
         require(bool(self.experiment), "experiment", "must be set")

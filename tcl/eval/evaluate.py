@@ -27,7 +27,7 @@ from PIL import Image
 from torch.utils.data import DataLoader
 
 from ..errors import ConfigError
-from ..inference.scores import labels_at, with_background
+from ..inference.scores import labels_at_thresholds
 from ..inference.sliding import sliding_window_scores_many, window_boxes
 from ..runtime import get_rank, get_world_size, is_distributed, resolve_precision
 from ..visualize import save_atomic
@@ -114,8 +114,7 @@ def _run(model, bench: Benchmark, config: EvalConfig, thresholds: list[float | N
             precision=precision)
         for item, score in zip(batch, scores, strict=True):
             gt = torch.as_tensor(item["gt_tensor"]).to(device, non_blocking=True)
-            for total, thresh in zip(totals, thresholds, strict=True):
-                pred = labels_at(with_background(score, thresh), tuple(gt.shape))
+            for total, pred in zip(totals, labels_at_thresholds(score, tuple(gt.shape), thresholds), strict=True):
                 total.add(pred, gt)
             if overlay_dir is not None and rank == 0 and len(overlays) < config.overlays:
                 with Image.open(item["img_path"]) as original:

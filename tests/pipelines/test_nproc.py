@@ -49,3 +49,38 @@ def test_the_train_command_takes_its_process_count_from_the_machine(tmp_path):
     done = run_python(["-m", "pipelines.nproc", "--params", str(fixed)], REPO)
     assert done.returncode == 2 and done.stderr.splitlines() == [
         "nproc: error: pipeline.nproc_per_node: must be >= 1 or auto (the machine's GPU count), got 'many'"]
+
+
+def test_without_gpu_device_nodes_the_count_is_zero_and_torch_stays_unimported(monkeypatch):
+    """The shortcut behind ``auto``: no /dev/nvidia<N>, /dev/kfd or /dev/dxg on Linux means torch's count is 0."""
+    import sys
+
+    import tcl.config as config
+
+    monkeypatch.setattr(config.sys, "platform", "linux")
+    monkeypatch.setattr(config.glob, "glob", lambda pattern: [])
+    monkeypatch.setitem(sys.modules, "torch", None)  # any `import torch` now raises ImportError
+    assert config.gpu_count() == 0
+
+
+def test_with_a_gpu_device_node_torch_is_asked(monkeypatch):
+    import torch
+
+    import tcl.config as config
+
+    monkeypatch.setattr(config.sys, "platform", "linux")
+    monkeypatch.setattr(config.glob, "glob", lambda pattern: ["/dev/nvidia0"] if "nvidia" in pattern else [])
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 3)
+    assert config.gpu_count() == 3 and PipelineConfig().local_world_size() == 3
+    monkeypatch.setattr(config.sys, "platform", "win32")  # no /dev to look at: torch is asked
+    monkeypatch.setattr(config.glob, "glob", lambda pattern: [])
+    assert config.gpu_count() == 3
+
+
+def test_this_machine_agrees_with_torch():
+    """The shortcut must never disagree with torch's own count on the machine that runs the suite."""
+    import torch
+
+    from tcl.config import gpu_count
+
+    assert gpu_count() == torch.cuda.device_count()

@@ -30,10 +30,10 @@ def _resized(scores: torch.Tensor, index: int, size: tuple[int, int]) -> torch.T
 
 
 def _scan(scores: torch.Tensor, size: tuple[int, int], best: torch.Tensor | None = None,
-          labels: torch.Tensor | None = None, first: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """Running arg-max over the resized channels ``first...`` (strict ``>``: ties keep the lower
-    index, as torch.argmax does); returns the best value and its channel index per pixel."""
-    for index in range(first, scores.shape[0]):
+          labels: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Running arg-max over the resized channels, from ``best``/``labels`` when given (strict ``>``:
+    ties keep the lower index, as torch.argmax does); returns the best value and its channel index."""
+    for index in range(scores.shape[0]):
         channel = _resized(scores, index, size)
         if best is None:
             best, labels = channel, torch.zeros(size, dtype=torch.int64, device=scores.device)
@@ -62,8 +62,7 @@ def labels_at_thresholds(scores: torch.Tensor, size: tuple[int, int],
     scan that starts from the background channel. Choosing a threshold (a sweep over ten) on a
     training split spent most of its time resizing the same class scores ten times.
     """
-    labelled = [t for t in thresholds if t is not None]
-    if not labelled:
+    if all(t is None for t in thresholds):
         return [labels_at(scores, size) for _ in thresholds]
     floor = torch.full(size, -math.inf, dtype=scores.dtype, device=scores.device)
     best, labels = _scan(scores, size, floor, torch.zeros(size, dtype=torch.int64, device=scores.device))

@@ -196,11 +196,12 @@ def test_a_failing_stage_fails_the_flow_run_and_a_retry_resumes_after_the_cause_
     root = pool["root"]
     report = root / "stages/report.py"
     good = report.read_text()
-    # the cause: a bug in the report stage (exit status 1); one evaluation parameter changed so that
-    # evaluations run before it (they are what the retry must not run again)
+    # the cause: a bug in the report stage (exit status 1); the threshold candidates changed so that
+    # train, evaluate and the baseline (all three sweep them) run before it: what the retry must not run again
     report.write_text(good.replace("from __future__ import annotations\n",
                                    "from __future__ import annotations\nraise SystemExit('report: injected bug')\n", 1))
-    overrides = [o for o in TINY_FULL if not o.startswith("evaluate.overlays=")] + ["evaluate.overlays=2"]
+    overrides = [o for o in TINY_FULL if not o.startswith("evaluate.bg_thresh_candidates=")]
+    overrides.append("evaluate.bg_thresh_candidates=[0.4, 0.5, 0.6]")
     params_before = (root / "params.yaml").read_text()
     flow_run_id = _trigger(pool, SWEEP, overrides)
     failed = _wait(pool, flow_run_id)
@@ -212,7 +213,7 @@ def test_a_failing_stage_fails_the_flow_run_and_a_retry_resumes_after_the_cause_
     first = _log_lines(flow_run_id, until="report: injected bug")
     assert "report: injected bug" in first
     ran_before = {stage for stage in ("evaluate", "baseline@maskclip", "train") if f"Running stage '{stage}':" in first}
-    assert {"evaluate", "baseline@maskclip"} <= ran_before, first[-40:]
+    assert ran_before == {"evaluate", "baseline@maskclip", "train"}, first[-40:]
     assert (root / "params.yaml").read_text() == params_before  # put back after the failed run too
 
     report.write_text(good)  # the bug fixed
